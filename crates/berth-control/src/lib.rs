@@ -1,0 +1,1 @@
+//! berth reconciler: plan(desired, observed) and its application.

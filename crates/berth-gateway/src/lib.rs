@@ -1,0 +1,1 @@
+//! berth inference gateway: routing snapshot, balancing, admission, streaming proxy.

@@ -1,0 +1,1 @@
+//! berth HTTP server: axum wiring, routes, config, OpenAPI.
