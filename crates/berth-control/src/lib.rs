@@ -1,1 +1,12 @@
-//! berth reconciler: plan(desired, observed) and its application.
+//! The reconciler: level-triggered, over desired state in the store and replicas observed in the
+//! runtime.
+//!
+//! Each pass reads both, computes [`plan::plan`] (a pure function), applies its actions
+//! idempotently, writes every deployment's status and publishes the routing table of ready
+//! replicas. Passes run on a nudge from the API, on any replica state change, and periodically.
+
+pub mod plan;
+pub mod reconciler;
+
+pub use plan::{plan, Action, FailureState, ModelInfo, Plan, PlanInput};
+pub use reconciler::{Nudge, Reconciler, ReconcilerSettings};

@@ -1,1 +1,127 @@
-//! berth HTTP server: axum wiring, routes, config, OpenAPI.
+//! `berth serve`: the HTTP server, its configuration, and how the parts are wired together.
+//!
+//! Only this crate knows axum and maps errors to HTTP statuses.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod openapi;
+pub mod request_id;
+pub mod routes;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_control::{Reconciler, ReconcilerSettings};
+use berth_runtime::{LocalRuntime, LocalRuntimeConfig};
+use berth_store::{SqliteStore, Store};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::auth::KeyRing;
+use crate::state::{AppInner, AppState};
+
+/// Errors that stop `berth serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: PathBuf, source: berth_store::StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] berth_store::StoreError),
+}
+
+/// What the process around the server supplies.
+#[derive(Debug, Clone)]
+pub struct ServeEnv {
+    /// Path of the running `berth` binary (for `{berth}` in engine commands).
+    pub berth_exe: PathBuf,
+    /// Environment passed to replicas (PATH, HOME, ...); nothing else is inherited.
+    pub replica_env: BTreeMap<String, String>,
+}
+
+/// Opens the SQLite store under the data dir.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    let path = config.database_path();
+    let store = SqliteStore::open(&path)
+        .await
+        .map_err(|source| ServeError::Store { path, source })?;
+    Ok(Arc::new(store))
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v)
+}
+
+/// Runs `berth serve` until `shutdown` is cancelled, then drains: stops accepting, stops the
+/// replicas, and returns.
+pub async fn serve(config: Config, env: ServeEnv, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let store = open_store(&config).await?;
+    if let Some(secret) = &config.bootstrap_key {
+        let record = keys::from_secret(secret, "default");
+        if store.find_api_key(&record.hash).await?.is_none() {
+            store.insert_api_key(&record).await?;
+            tracing::info!(key = %record.id, "bootstrap API key added to workspace default");
+        }
+    }
+    let catalog = Arc::new(config.catalog());
+    for m in &catalog.models {
+        if let Some(reason) = m.missing_weights_reason() {
+            tracing::warn!(model = %m.model_name, "{reason}");
+        }
+    }
+
+    let runtime = LocalRuntime::new(LocalRuntimeConfig {
+        berth_exe: env.berth_exe.clone(),
+        ready_timeout: secs(config.reconciler.ready_timeout_secs),
+        stop_grace: secs(config.reconciler.stop_grace_secs),
+        base_env: env.replica_env.clone(),
+        ..LocalRuntimeConfig::default()
+    });
+    let reconciler = Reconciler::new(
+        store.clone(),
+        runtime,
+        catalog.clone(),
+        ReconcilerSettings {
+            resync: secs(config.reconciler.resync_secs),
+            max_start_failures: config.reconciler.max_start_failures,
+            backoff: secs(config.reconciler.backoff_secs),
+            node_units: config.node.capacity_units,
+            replica_env: BTreeMap::new(),
+        },
+        |_table| {},
+    );
+    let nudge = reconciler.nudge_handle();
+    let keys = KeyRing::new(store.clone());
+    keys.refresh().await?;
+    keys.spawn_refresh(Duration::from_secs(2), shutdown.clone());
+
+    let state = AppState::new(AppInner { store, catalog, keys, nudge });
+    let app = routes::router(state);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "berth serving");
+
+    let reconciler_stop = CancellationToken::new();
+    let reconciler_task = tokio::spawn(reconciler.run(reconciler_stop.clone()));
+    let server_stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { server_stop.cancelled().await })
+        .await?;
+    tracing::info!("stopping replicas");
+    reconciler_stop.cancel();
+    let _ = reconciler_task.await;
+    tracing::info!("berth stopped");
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Deployment objects and the bodies of the deployment endpoints.
+
+use berth_core::Deployment;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// The deployment object, as every deployment endpoint returns it. Optional fields are omitted
+/// when unset, never `null`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeploymentObject {
+    pub deployed_model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub model_name: String,
+    pub base_model: String,
+    /// `PENDING`, `UPDATING`, `RUNNING`, `STOPPED`, `DELETING` or `FAILED`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    pub charge_type: String,
+    pub capacity: u32,
+    pub base_capacity: u32,
+    pub ready_capacity: u32,
+    pub workspace_id: String,
+    pub creator: String,
+    pub modifier: String,
+    /// `YYYY-MM-DDTHH:MM:SS.fff`, UTC.
+    pub gmt_create: String,
+    pub gmt_modified: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_unit_spec: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_context_length: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_thinking: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
+    /// Why replicas are waiting (berth addition), e.g. no free capacity units on the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+}
+
+impl From<&Deployment> for DeploymentObject {
+    fn from(d: &Deployment) -> Self {
+        Self {
+            deployed_model: d.deployed_model.clone(),
+            name: d.name.clone(),
+            model_name: d.model_name.clone(),
+            base_model: d.base_model.clone(),
+            status: d.status.as_str().to_owned(),
+            plan: d.plan.clone(),
+            charge_type: "post_paid".to_owned(),
+            capacity: d.capacity,
+            base_capacity: d.base_capacity,
+            ready_capacity: d.ready_capacity,
+            workspace_id: d.workspace_id.clone(),
+            creator: d.creator.clone(),
+            modifier: d.modifier.clone(),
+            gmt_create: d.gmt_create.to_gmt_string(),
+            gmt_modified: d.gmt_modified.to_gmt_string(),
+            model_unit_spec: d.model_unit_spec.clone(),
+            max_context_length: d.max_context_length,
+            enable_thinking: d.enable_thinking,
+            rpm_limit: d.rpm_limit,
+            tpm_limit: d.tpm_limit,
+            fail_reason: d.fail_reason.clone(),
+            status_message: d.status_message.clone(),
+        }
+    }
+}
+
+/// A page of deployments.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentsPage {
+    pub page_no: u64,
+    pub page_size: u64,
+    pub total: u64,
+    pub deployments: Vec<DeploymentObject>,
+}
+
+/// Body of `POST /api/v1/deployments`. Unknown fields are ignored.
+///
+/// `capacity` is kept as raw JSON so that a non-integer gets the upstream capacity message.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateDeploymentRequest {
+    pub model_name: String,
+    #[schema(value_type = Option<i64>)]
+    pub capacity: Option<serde_json::Value>,
+    pub suffix: Option<String>,
+    pub name: Option<String>,
+    /// `mu` or absent.
+    pub plan: Option<String>,
+    /// Model-unit spec for `plan: mu`, e.g. `MU1`.
+    pub deploy_spec: Option<String>,
+    pub max_context_length: Option<u32>,
+    pub enable_thinking: Option<bool>,
+    pub rpm_limit: Option<u64>,
+    pub tpm_limit: Option<u64>,
+}
+
+/// Body of `PUT /api/v1/deployments/{deployed_model}/scale`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ScaleRequest {
+    #[schema(value_type = Option<i64>)]
+    pub capacity: Option<serde_json::Value>,
+}
+
+/// Body of `PUT /api/v1/deployments/{deployed_model}/update`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateRequest {
+    #[schema(value_type = Option<i64>)]
+    pub rpm_limit: Option<serde_json::Value>,
+    #[schema(value_type = Option<i64>)]
+    pub tpm_limit: Option<serde_json::Value>,
+}
+
+/// Paging query of the list endpoints. Kept as text so that bad values get a clear message.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// Page number, from 1.
+    #[param(value_type = Option<u64>)]
+    pub page_no: Option<String>,
+    /// Items per page, 1 to 200.
+    #[param(value_type = Option<u64>)]
+    pub page_size: Option<String>,
+}

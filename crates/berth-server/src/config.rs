@@ -1,0 +1,381 @@
+//! berth's configuration: one typed [`Config`], loaded once.
+//!
+//! Layers, later wins: built-in defaults < TOML file < `BERTH_*` environment < command-line flags.
+//! Everything is validated at start-up and every problem is reported at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use berth_core::{CatalogModel, ModelCatalog};
+use serde::Deserialize;
+
+/// The whole configuration of `berth serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// Where the default catalog looks for weights files.
+    pub models_dir: PathBuf,
+    /// If set, this API key is made sure to exist in workspace `default` at start-up.
+    pub bootstrap_key: Option<String>,
+    pub node: NodeConfig,
+    pub reconciler: ReconcilerConfig,
+    pub gateway: GatewayConfig,
+    /// The model catalog; when absent, the default catalog (the two shipped models).
+    pub models: Option<Vec<ModelConfig>>,
+}
+
+/// This node's resources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Capacity units this node offers; replicas that do not fit wait.
+    pub capacity_units: u32,
+}
+
+/// Reconciler timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcilerConfig {
+    /// Periodic resync, seconds.
+    pub resync_secs: f64,
+    /// Failed replica starts of a deployment before it is `FAILED`.
+    pub max_start_failures: u32,
+    /// First retry delay after a failed start, seconds (doubles each time).
+    pub backoff_secs: f64,
+    /// How long a replica may take to become ready, seconds.
+    pub ready_timeout_secs: f64,
+    /// Grace between SIGTERM and SIGKILL when stopping a replica, seconds.
+    pub stop_grace_secs: f64,
+}
+
+/// Inference gateway settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// How long a call waits for a replica of a deployment that has none ready, seconds.
+    pub hold_secs: f64,
+    /// Calls that may wait per deployment; beyond it they are answered 503 at once.
+    pub hold_queue: usize,
+}
+
+/// One catalog entry in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub model_name: String,
+    pub display_name: Option<String>,
+    /// Weights file; relative paths are resolved against `models_dir`.
+    pub weights: PathBuf,
+    /// Engine command template; defaults to `berth engine` (see [`DEFAULT_ENGINE_COMMAND`]).
+    pub engine_command: Option<Vec<String>>,
+    #[serde(default = "one")]
+    pub base_capacity: u32,
+    #[serde(default = "default_ctx")]
+    pub context_length: u32,
+    #[serde(default = "one")]
+    pub threads: u32,
+    #[serde(default = "default_parallel")]
+    pub parallel: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_ctx() -> u32 {
+    2048
+}
+fn default_parallel() -> u32 {
+    4
+}
+
+/// The engine command the default catalog uses.
+pub const DEFAULT_ENGINE_COMMAND: &[&str] = &[
+    "{berth}", "engine", "--model", "{weights}", "--host", "{host}", "--port", "{port}", "--alias",
+    "{alias}", "--ctx", "{ctx}", "--threads", "{threads}", "--parallel", "{parallel}",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./berth-data"),
+            models_dir: PathBuf::from("./models"),
+            bootstrap_key: None,
+            node: NodeConfig::default(),
+            reconciler: ReconcilerConfig::default(),
+            gateway: GatewayConfig::default(),
+            models: None,
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { capacity_units: 8 }
+    }
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            resync_secs: 5.0,
+            max_start_failures: 3,
+            backoff_secs: 1.0,
+            ready_timeout_secs: 120.0,
+            stop_grace_secs: 10.0,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { hold_secs: 30.0, hold_queue: 256 }
+    }
+}
+
+/// Command-line overrides (the top layer).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+}
+
+/// Everything wrong with a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Loads the layers. `env` is the process environment (only `BERTH_*` entries are read).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut config = match file {
+            None => Config::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => return Err(ConfigError(vec![format!("cannot read {}: {e}", path.display())])),
+                Ok(text) => match toml::from_str::<Config>(&text) {
+                    Ok(c) => c,
+                    Err(e) => return Err(ConfigError(vec![format!("{}: {e}", path.display())])),
+                },
+            },
+        };
+        let env: BTreeMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("BERTH_")).collect();
+        for (key, value) in &env {
+            if let Err(e) = config.apply_env(key, value) {
+                problems.push(format!("{key}={value:?}: {e}"));
+            }
+        }
+        if let Some(v) = overrides.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &overrides.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &overrides.models_dir {
+            config.models_dir = v.clone();
+        }
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    fn apply_env(&mut self, key: &str, value: &str) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse::<T>().map_err(|e| e.to_string())
+        }
+        match key {
+            "BERTH_LISTEN" => self.listen = num(value)?,
+            "BERTH_DATA_DIR" => self.data_dir = PathBuf::from(value),
+            "BERTH_MODELS_DIR" => self.models_dir = PathBuf::from(value),
+            "BERTH_BOOTSTRAP_KEY" => self.bootstrap_key = Some(value.to_owned()),
+            "BERTH_NODE_CAPACITY_UNITS" => self.node.capacity_units = num(value)?,
+            "BERTH_RECONCILER_RESYNC_SECS" => self.reconciler.resync_secs = num(value)?,
+            "BERTH_RECONCILER_MAX_START_FAILURES" => self.reconciler.max_start_failures = num(value)?,
+            "BERTH_RECONCILER_BACKOFF_SECS" => self.reconciler.backoff_secs = num(value)?,
+            "BERTH_RECONCILER_READY_TIMEOUT_SECS" => self.reconciler.ready_timeout_secs = num(value)?,
+            "BERTH_RECONCILER_STOP_GRACE_SECS" => self.reconciler.stop_grace_secs = num(value)?,
+            "BERTH_GATEWAY_HOLD_SECS" => self.gateway.hold_secs = num(value)?,
+            "BERTH_GATEWAY_HOLD_QUEUE" => self.gateway.hold_queue = num(value)?,
+            // Read by other parts of berth, not by the configuration.
+            "BERTH_BIN" | "BERTH_MODELS_CACHE" => {}
+            _ => return Err("unknown BERTH_* setting".to_owned()),
+        }
+        Ok(())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let secs = [
+            ("reconciler.resync_secs", self.reconciler.resync_secs),
+            ("reconciler.backoff_secs", self.reconciler.backoff_secs),
+            ("reconciler.ready_timeout_secs", self.reconciler.ready_timeout_secs),
+            ("reconciler.stop_grace_secs", self.reconciler.stop_grace_secs),
+            ("gateway.hold_secs", self.gateway.hold_secs),
+        ];
+        for (name, v) in secs {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                p.push(format!("{name} must be between 0 and 86400 seconds, got {v}"));
+            }
+        }
+        if self.reconciler.resync_secs < 0.05 {
+            p.push("reconciler.resync_secs must be at least 0.05".to_owned());
+        }
+        if let Some(key) = &self.bootstrap_key {
+            if key.trim().len() < 8 || key.chars().any(char::is_whitespace) {
+                p.push("bootstrap_key must be at least 8 characters without spaces".to_owned());
+            }
+        }
+        if let Some(models) = &self.models {
+            let mut seen = std::collections::HashSet::new();
+            for m in models {
+                let n = &m.model_name;
+                if !seen.insert(n.clone()) {
+                    p.push(format!("models: model_name {n} appears twice"));
+                }
+                if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                    p.push(format!("models: model_name {n:?} must be 1 to 64 of letters, digits, '-', '_', '.'"));
+                }
+                for (field, v) in [("base_capacity", m.base_capacity), ("context_length", m.context_length), ("threads", m.threads), ("parallel", m.parallel)] {
+                    if v == 0 {
+                        p.push(format!("models.{n}.{field} must be at least 1"));
+                    }
+                }
+                if m.base_capacity >= 1000 {
+                    p.push(format!("models.{n}.base_capacity must be below 1000"));
+                }
+                if m.engine_command.as_ref().is_some_and(|c| c.is_empty()) {
+                    p.push(format!("models.{n}.engine_command must not be empty"));
+                }
+            }
+        }
+        p
+    }
+
+    /// The database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("berth.db")
+    }
+
+    /// The model catalog: the configured one, or the default.
+    pub fn catalog(&self) -> ModelCatalog {
+        let entries = self.models.clone().unwrap_or_else(|| default_models());
+        ModelCatalog {
+            models: entries
+                .into_iter()
+                .map(|m| CatalogModel {
+                    display_name: m.display_name.unwrap_or_else(|| m.model_name.clone()),
+                    weights: if m.weights.is_absolute() { m.weights } else { self.models_dir.join(m.weights) },
+                    engine_command: m.engine_command.unwrap_or_else(|| {
+                        DEFAULT_ENGINE_COMMAND.iter().map(|s| (*s).to_owned()).collect()
+                    }),
+                    model_name: m.model_name,
+                    base_capacity: m.base_capacity,
+                    context_length: m.context_length,
+                    threads: m.threads,
+                    parallel: m.parallel,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The two shipped models.
+fn default_models() -> Vec<ModelConfig> {
+    vec![
+        ModelConfig {
+            model_name: "smollm2-135m-instruct".to_owned(),
+            display_name: Some("SmolLM2 135M Instruct (Q4_1)".to_owned()),
+            weights: PathBuf::from("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            engine_command: None,
+            base_capacity: 1,
+            context_length: 2048,
+            // One thread per replica: for these small models one thread decodes about as fast
+            // as two, so replicas spread over the cores instead of fighting for them.
+            threads: 1,
+            parallel: 4,
+        },
+        ModelConfig {
+            model_name: "gemma3-270m".to_owned(),
+            display_name: Some("Gemma 3 270M (Q4_K_M)".to_owned()),
+            weights: PathBuf::from("gemma-3-270m-q4_k_m.gguf"),
+            engine_command: None,
+            base_capacity: 1,
+            context_length: 2048,
+            threads: 1,
+            parallel: 4,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/from-file\"\n[node]\ncapacity_units = 3\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("BERTH_DATA_DIR", "/from-env"), ("BERTH_NODE_CAPACITY_UNITS", "5"), ("PATH", "/bin")]),
+            &Overrides { data_dir: Some("/from-flag".into()), ..Default::default() },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.data_dir, PathBuf::from("/from-flag"));
+        assert_eq!(c.node.capacity_units, 5);
+    }
+
+    #[test]
+    fn every_problem_reported_at_once() {
+        let err = Config::load(
+            None,
+            env(&[("BERTH_LISTEN", "nope"), ("BERTH_NODE_CAPACITY_UNITS", "-1"), ("BERTH_TYPO", "1"), ("BERTH_GATEWAY_HOLD_SECS", "-3")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nlisten_typo = 1\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen_typo"), "{err}");
+    }
+
+    #[test]
+    fn default_catalog_resolves_weights() {
+        let c = Config::load(None, env(&[("BERTH_MODELS_DIR", "/m")]), &Overrides::default()).unwrap();
+        let cat = c.catalog();
+        assert_eq!(cat.models.len(), 2);
+        let m = cat.get("smollm2-135m-instruct").unwrap();
+        assert_eq!(m.weights, PathBuf::from("/m/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_eq!(m.engine_command[1], "engine");
+        assert!(cat.get("gemma3-270m").is_some());
+    }
+}

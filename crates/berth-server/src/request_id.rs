@@ -1,0 +1,57 @@
+//! Request ids: every response carries `x-request-id`, equal to the envelope's `request_id`.
+//!
+//! A client-supplied `X-Request-Id` is echoed; otherwise a UUID is generated. The id is also
+//! available to handlers through the [`RequestId`] extension and, for error rendering, through a
+//! task-local, so no handler has to thread it by hand.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use std::convert::Infallible;
+
+tokio::task_local! {
+    /// The id of the request being handled on this task.
+    pub static CURRENT_REQUEST_ID: String;
+}
+
+/// The id of the current request.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+const HEADER: &str = "x-request-id";
+/// Client ids longer than this, or not visible ASCII, are replaced.
+const MAX_CLIENT_ID: usize = 128;
+
+fn pick_id(req: &Request) -> String {
+    req.headers()
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= MAX_CLIENT_ID && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Middleware: assigns the id, runs the handler with it in scope, stamps the response header.
+pub async fn assign(mut req: Request, next: Next) -> Response {
+    let id = pick_id(&req);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = CURRENT_REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(HEADER, v);
+    }
+    resp
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string())))
+    }
+}

@@ -1,0 +1,143 @@
+//! `/api/v1/deployments`: the Model Studio deployments API.
+
+mod create;
+mod delete;
+mod get;
+mod list;
+mod models;
+mod scale;
+mod update;
+
+use axum::routing::{get, put};
+use axum::Router;
+use berth_api::deployment::{DeploymentObject, PageQuery};
+use berth_core::{Deployment, Status};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub use create::__path_create;
+pub use delete::__path_delete;
+pub use get::__path_get;
+pub use list::__path_list;
+pub use models::__path_models;
+pub use scale::__path_scale;
+pub use update::__path_update;
+
+/// The deployment routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/deployments/models", get(models::models))
+        .route("/api/v1/deployments", get(list::list).post(create::create))
+        .route(
+            "/api/v1/deployments/{deployed_model}",
+            get(get::get).delete(delete::delete),
+        )
+        .route("/api/v1/deployments/{deployed_model}/scale", put(scale::scale))
+        .route("/api/v1/deployments/{deployed_model}/update", put(update::update))
+}
+
+/// Validated paging: page number from 1, page size 1..=200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Page {
+    pub no: u64,
+    pub size: u64,
+}
+
+impl Page {
+    pub const MAX_SIZE: u64 = 200;
+
+    pub fn parse(q: &PageQuery, default_size: u64) -> Result<Self, ApiError> {
+        fn field(raw: &Option<String>, name: &str, default: u64, max: u64) -> Result<u64, ApiError> {
+            let Some(raw) = raw else { return Ok(default) };
+            match raw.trim().parse::<u64>() {
+                Ok(v) if (1..=max).contains(&v) => Ok(v),
+                _ => Err(ApiError::invalid(format!(
+                    "Required parameter({name}) missing or invalid, please check the request parameters: {name} must be an integer from 1 to {max}, got {raw:?}."
+                ))),
+            }
+        }
+        Ok(Self {
+            no: field(&q.page_no, "page_no", 1, u64::from(u32::MAX))?,
+            size: field(&q.page_size, "page_size", default_size, Self::MAX_SIZE)?,
+        })
+    }
+
+    pub fn offset(self) -> u64 {
+        (self.no - 1).saturating_mul(self.size)
+    }
+}
+
+/// Loads a deployment of the caller's workspace, or the upstream 404.
+pub(crate) async fn load(state: &AppState, caller: &Caller, name: &str) -> Result<Deployment, ApiError> {
+    state
+        .store
+        .get_deployment(&caller.workspace_id, name)
+        .await?
+        .ok_or_else(|| ApiError::model_not_found(name))
+}
+
+/// 409 for writes other than delete on a deployment being deleted.
+pub(crate) fn refuse_if_deleting(d: &Deployment) -> Result<(), ApiError> {
+    if d.status == Status::Deleting {
+        return Err(ApiError::new(
+            berth_core::ErrorCode::Conflict,
+            format!("Deployed model {} is being deleted.", d.deployed_model),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a capacity given as raw JSON against a base capacity.
+pub(crate) fn parse_capacity(
+    raw: Option<&serde_json::Value>,
+    base_capacity: u32,
+) -> Result<berth_core::Capacity, ApiError> {
+    let raw = raw.ok_or_else(|| {
+        ApiError::invalid(
+            "Required parameter(capacity) missing or invalid, please check the request parameters.",
+        )
+    })?;
+    match raw.as_i64() {
+        Some(v) => berth_core::Capacity::new(v, base_capacity).map_err(ApiError::invalid),
+        None => Err(ApiError::invalid(berth_core::deployment::invalid_capacity_message(
+            &raw.to_string(),
+            base_capacity,
+        ))),
+    }
+}
+
+pub(crate) fn object(d: &Deployment) -> DeploymentObject {
+    DeploymentObject::from(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(no: Option<&str>, size: Option<&str>) -> PageQuery {
+        PageQuery { page_no: no.map(Into::into), page_size: size.map(Into::into) }
+    }
+
+    #[test]
+    fn paging_bounds() {
+        assert_eq!(Page::parse(&q(None, None), 10).unwrap(), Page { no: 1, size: 10 });
+        assert_eq!(Page::parse(&q(Some("3"), Some("200")), 10).unwrap(), Page { no: 3, size: 200 });
+        for (no, size) in [(Some("0"), None), (None, Some("0")), (None, Some("201")), (Some("x"), None), (Some("-1"), None)] {
+            assert!(Page::parse(&q(no, size), 10).is_err(), "{no:?} {size:?}");
+        }
+        assert_eq!(Page { no: 3, size: 20 }.offset(), 40);
+    }
+
+    #[test]
+    fn capacity_from_json() {
+        use serde_json::json;
+        assert_eq!(parse_capacity(Some(&json!(2)), 1).unwrap().get(), 2);
+        for bad in [json!(1.5), json!("2"), json!(-1), json!(1000), json!(null)] {
+            let e = parse_capacity(Some(&bad), 1).unwrap_err();
+            assert!(e.message.starts_with("Invalid capacity ("), "{bad}: {}", e.message);
+        }
+        assert!(parse_capacity(None, 1).unwrap_err().message.contains("capacity"));
+    }
+}

@@ -1,0 +1,63 @@
+//! `PUT /api/v1/deployments/{deployed_model}/update`: rate limits.
+
+use axum::extract::State;
+use axum::Json as AxumJson;
+use berth_api::deployment::{DeploymentObject, UpdateRequest};
+use berth_api::envelope::{ErrorBody, Success};
+use berth_core::Timestamp;
+use berth_store::DesiredChange;
+
+use super::{load, object, refuse_if_deleting};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::request_id::RequestId;
+use crate::state::AppState;
+
+fn limit(raw: &Option<serde_json::Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match raw {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(ApiError::invalid(format!(
+                "Invalid {field} ({v}): it must be an integer of at least 1."
+            ))),
+        },
+    }
+}
+
+/// Changes `rpm_limit` and/or `tpm_limit`; nothing restarts.
+#[utoipa::path(put, path = "/api/v1/deployments/{deployed_model}/update", tag = "deployments",
+    params(("deployed_model" = String, Path)), request_body = UpdateRequest,
+    responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestId(request_id): RequestId,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateRequest>,
+) -> Result<AxumJson<Success<DeploymentObject>>, ApiError> {
+    let current = load(&state, &caller, &name).await?;
+    let rpm_limit = limit(&req.rpm_limit, "rpm_limit")?;
+    let tpm_limit = limit(&req.tpm_limit, "tpm_limit")?;
+    if rpm_limit.is_none() && tpm_limit.is_none() {
+        return Err(ApiError::invalid(
+            "Required parameter(rpm_limit or tpm_limit) missing or invalid, please check the request parameters.",
+        ));
+    }
+    refuse_if_deleting(&current)?;
+    let updated = state
+        .store
+        .change_deployment(
+            &caller.workspace_id,
+            &name,
+            DesiredChange::Limits { rpm_limit, tpm_limit },
+            &caller.key_id,
+            Timestamp::now(),
+        )
+        .await?
+        .ok_or_else(|| ApiError::model_not_found(&name))?;
+    state.nudge.nudge();
+    Ok(AxumJson(Success { request_id, output: object(&updated) }))
+}
