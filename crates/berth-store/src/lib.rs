@@ -7,7 +7,9 @@ pub mod conformance;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use berth_core::{ApiKeyRecord, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp};
+use berth_core::{
+    ApiKeyRecord, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp,
+};
 
 pub use sqlite::SqliteStore;
 
@@ -35,7 +37,10 @@ pub enum DesiredChange {
     /// New capacity target; status becomes `status.after_scale()` and `fail_reason` is cleared.
     Scale { capacity: u32 },
     /// New rate limits; `None` leaves a limit unchanged. Status is unchanged.
-    Limits { rpm_limit: Option<u64>, tpm_limit: Option<u64> },
+    Limits {
+        rpm_limit: Option<u64>,
+        tpm_limit: Option<u64>,
+    },
     /// Mark for deletion: status `DELETING`. Idempotent.
     Delete,
 }
@@ -59,10 +64,19 @@ pub trait Store: Send + Sync + 'static {
     async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment>;
 
     /// One deployment of a workspace.
-    async fn get_deployment(&self, workspace_id: &str, deployed_model: &str) -> Result<Option<Deployment>>;
+    async fn get_deployment(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+    ) -> Result<Option<Deployment>>;
 
     /// One page of a workspace's deployments, newest first, and the workspace's total.
-    async fn list_deployments(&self, workspace_id: &str, offset: u64, limit: u64) -> Result<(Vec<Deployment>, u64)>;
+    async fn list_deployments(
+        &self,
+        workspace_id: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<Deployment>, u64)>;
 
     /// Every deployment of every workspace (the reconciler's view).
     async fn all_deployments(&self) -> Result<Vec<Deployment>>;
@@ -83,7 +97,12 @@ pub trait Store: Send + Sync + 'static {
     /// are always written; `status` only if `observed.generation` is still the current generation
     /// and the deployment is not `DELETING` (a newer API change or a delete wins). `gmt_modified`
     /// changes only when something visible changed. Returns false if the deployment is gone.
-    async fn record_status(&self, workspace_id: &str, deployed_model: &str, observed: &ObservedStatus) -> Result<bool>;
+    async fn record_status(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        observed: &ObservedStatus,
+    ) -> Result<bool>;
 
     /// Removes a deployment row (the end of a delete). Returns false if it was already gone.
     async fn remove_deployment(&self, workspace_id: &str, deployed_model: &str) -> Result<bool>;

@@ -1,0 +1,600 @@
+//! The embedded SQLite backend of [`Store`], the default.
+//!
+//! One database file in WAL mode, a small connection pool, and every trait method as a single
+//! SQL statement (or a read transaction for a page plus its total), so each is atomic without
+//! application-level locking. Queries are checked at run time; the schema lives in
+//! `migrations/` and is applied by [`SqliteStore::open`].
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_core::{
+    ApiKeyRecord, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp,
+};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Decode, Row, Sqlite, Type};
+
+use crate::{DesiredChange, ObservedStatus, Result, Store, StoreError};
+
+/// The schema, embedded at build time from `migrations/`.
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections in a file-backed pool. SQLite serialises writers anyway; a few connections let
+/// reads (WAL readers never block) run beside a write.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// The deployment columns, in one place for every `SELECT` and `RETURNING`.
+macro_rules! deployment_columns {
+    () => {
+        "workspace_id, deployed_model, model_name, base_model, name, plan, model_unit_spec, \
+         status, capacity, base_capacity, ready_capacity, max_context_length, enable_thinking, \
+         rpm_limit, tpm_limit, fail_reason, status_message, creator, modifier, gmt_create, \
+         gmt_modified, generation"
+    };
+}
+
+/// Every status, so SQL can be generated from the domain's own rules.
+const ALL_STATUSES: [Status; 6] = [
+    Status::Pending,
+    Status::Updating,
+    Status::Running,
+    Status::Stopped,
+    Status::Deleting,
+    Status::Failed,
+];
+
+// A new `Status` variant fails to compile here: add it to `ALL_STATUSES` (and the CHECK in the
+// migration) too.
+const _: fn(Status) = |s| match s {
+    Status::Pending
+    | Status::Updating
+    | Status::Running
+    | Status::Stopped
+    | Status::Deleting
+    | Status::Failed => {}
+};
+
+/// The scale update. Its status `CASE` is written out from [`Status::after_scale`], so the rule
+/// stays in `berth-core` while the change remains one atomic statement.
+static SCALE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let arms: String = ALL_STATUSES
+        .iter()
+        .map(|s| format!(" WHEN '{}' THEN '{}'", s.as_str(), s.after_scale().as_str()))
+        .collect();
+    format!(
+        "UPDATE deployments SET capacity = ?1, status = CASE status{arms} ELSE status END, \
+         fail_reason = NULL, generation = generation + 1, modifier = ?2, gmt_modified = ?3 \
+         WHERE workspace_id = ?4 AND deployed_model = ?5 RETURNING {}",
+        deployment_columns!()
+    )
+});
+
+const GET_SQL: &str = concat!(
+    "SELECT ",
+    deployment_columns!(),
+    " FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2"
+);
+
+// Both walk `deployments_by_workspace`: a range scan, backwards for newest first, no sort.
+const COUNT_SQL: &str = "SELECT COUNT(*) FROM deployments WHERE workspace_id = ?1";
+const LIST_PAGE_SQL: &str = concat!(
+    "SELECT ",
+    deployment_columns!(),
+    " FROM deployments WHERE workspace_id = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3"
+);
+
+const LIMITS_SQL: &str = concat!(
+    "UPDATE deployments SET rpm_limit = COALESCE(?1, rpm_limit), ",
+    "tpm_limit = COALESCE(?2, tpm_limit), generation = generation + 1, modifier = ?3, ",
+    "gmt_modified = ?4 WHERE workspace_id = ?5 AND deployed_model = ?6 RETURNING ",
+    deployment_columns!()
+);
+
+// Idempotent: a row already DELETING is returned as it is (no new generation, modifier or
+// time), so a repeated or racing delete answers with the same object. SQLite evaluates every
+// SET expression against the row as it was, so the CASEs all see the old status.
+const DELETE_SQL: &str = concat!(
+    "UPDATE deployments SET ",
+    "generation = CASE WHEN status = 'DELETING' THEN generation ELSE generation + 1 END, ",
+    "modifier = CASE WHEN status = 'DELETING' THEN modifier ELSE ?1 END, ",
+    "gmt_modified = CASE WHEN status = 'DELETING' THEN gmt_modified ELSE ?2 END, ",
+    "status = 'DELETING' WHERE workspace_id = ?3 AND deployed_model = ?4 RETURNING ",
+    deployment_columns!()
+);
+
+// The status is taken only for the current generation of a live deployment; the observed
+// numbers always are. `gmt_modified` moves only if a visible field differs from what is stored
+// (`IS NOT` compares NULLs as values).
+const RECORD_STATUS_SQL: &str = "\
+UPDATE deployments SET
+    status = CASE WHEN generation = ?1 AND status <> 'DELETING' THEN ?2 ELSE status END,
+    ready_capacity = ?3,
+    fail_reason = ?4,
+    status_message = ?5,
+    gmt_modified = CASE
+        WHEN (CASE WHEN generation = ?1 AND status <> 'DELETING' THEN ?2 ELSE status END)
+                 IS NOT status
+          OR ready_capacity IS NOT ?3
+          OR fail_reason IS NOT ?4
+        THEN ?6 ELSE gmt_modified END
+WHERE workspace_id = ?7 AND deployed_model = ?8";
+
+/// [`Store`] on SQLite. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories if missing) the database at `path`,
+    /// switches it to WAL with `synchronous=NORMAL`, foreign keys on and a 5 s busy timeout,
+    /// and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        tracing::debug!(path = %path.display(), "opened SQLite store");
+        Self::migrated(pool).await
+    }
+
+    /// A private in-memory database, for tests. It lives exactly as long as the store: the pool
+    /// holds its single connection forever (each in-memory connection is its own database).
+    pub async fn open_in_memory() -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Self::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<Self> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool (diagnostics, query plans in tests).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment> {
+        let sql = concat!(
+            "INSERT INTO deployments (workspace_id, deployed_model, model_name, base_model, ",
+            "name, plan, model_unit_spec, status, capacity, base_capacity, ready_capacity, ",
+            "max_context_length, enable_thinking, rpm_limit, tpm_limit, creator, modifier, ",
+            "gmt_create, gmt_modified, generation) ",
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15, ?15, ",
+            "?16, ?16, 1) RETURNING ",
+            deployment_columns!()
+        );
+        let inserted = sqlx::query(sql)
+            .bind(&new.workspace_id)
+            .bind(&new.deployed_model)
+            .bind(&new.model_name)
+            .bind(&new.base_model)
+            .bind(&new.name)
+            .bind(&new.plan)
+            .bind(&new.model_unit_spec)
+            .bind(Status::Pending.as_str())
+            .bind(i64::from(new.capacity.get()))
+            .bind(i64::from(new.base_capacity))
+            .bind(new.max_context_length.map(i64::from))
+            .bind(new.enable_thinking)
+            .bind(limit_to_sql(new.rpm_limit, "rpm_limit")?)
+            .bind(limit_to_sql(new.tpm_limit, "tpm_limit")?)
+            .bind(&new.creator)
+            .bind(new.now.millis())
+            .fetch_one(&self.pool)
+            .await;
+        match inserted {
+            Ok(row) => deployment_from_row(&row),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(new.deployed_model))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_deployment(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+    ) -> Result<Option<Deployment>> {
+        let row = sqlx::query(GET_SQL)
+            .bind(workspace_id)
+            .bind(deployed_model)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    async fn list_deployments(
+        &self,
+        workspace_id: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<Deployment>, u64)> {
+        // One read transaction, so the page and the total come from the same snapshot.
+        let mut tx = self.pool.begin().await?;
+        let total: i64 = sqlx::query_scalar(COUNT_SQL)
+            .bind(workspace_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query(LIST_PAGE_SQL)
+            .bind(workspace_id)
+            .bind(saturating_i64(limit))
+            .bind(saturating_i64(offset))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let page = rows
+            .iter()
+            .map(deployment_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let total = u64::try_from(total)
+            .map_err(|_| StoreError::Corrupt(format!("negative count {total}")))?;
+        Ok((page, total))
+    }
+
+    async fn all_deployments(&self) -> Result<Vec<Deployment>> {
+        let sql = concat!(
+            "SELECT ",
+            deployment_columns!(),
+            " FROM deployments ORDER BY seq"
+        );
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn change_deployment(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        change: DesiredChange,
+        modifier: &str,
+        now: Timestamp,
+    ) -> Result<Option<Deployment>> {
+        let query = match change {
+            DesiredChange::Scale { capacity } => sqlx::query(SCALE_SQL.as_str())
+                .bind(i64::from(capacity))
+                .bind(modifier)
+                .bind(now.millis()),
+            DesiredChange::Limits {
+                rpm_limit,
+                tpm_limit,
+            } => sqlx::query(LIMITS_SQL)
+                .bind(limit_to_sql(rpm_limit, "rpm_limit")?)
+                .bind(limit_to_sql(tpm_limit, "tpm_limit")?)
+                .bind(modifier)
+                .bind(now.millis()),
+            DesiredChange::Delete => sqlx::query(DELETE_SQL).bind(modifier).bind(now.millis()),
+        };
+        let row = query
+            .bind(workspace_id)
+            .bind(deployed_model)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    async fn record_status(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        observed: &ObservedStatus,
+    ) -> Result<bool> {
+        let done = sqlx::query(RECORD_STATUS_SQL)
+            .bind(observed.generation)
+            .bind(observed.status.as_str())
+            .bind(i64::from(observed.ready_capacity))
+            .bind(&observed.fail_reason)
+            .bind(&observed.status_message)
+            .bind(Timestamp::now().millis())
+            .bind(workspace_id)
+            .bind(deployed_model)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn remove_deployment(&self, workspace_id: &str, deployed_model: &str) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2")
+                .bind(workspace_id)
+                .bind(deployed_model)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (id, workspace_id, hash, created, revoked) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(&key.id)
+            .bind(&key.workspace_id)
+            .bind(&key.hash[..])
+            .bind(key.created.millis())
+            .bind(key.revoked)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, workspace_id, hash, created, revoked FROM api_keys WHERE hash = ?1 AND revoked = 0",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        // rowid breaks ties between keys created in the same millisecond: insertion order.
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, hash, created, revoked FROM api_keys ORDER BY created, rowid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(api_key_from_row).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_replica(&self, replica: &ReplicaRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO replicas (id, workspace_id, deployed_model, pid, port, started_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET \
+             workspace_id = excluded.workspace_id, deployed_model = excluded.deployed_model, \
+             pid = excluded.pid, port = excluded.port, started_at = excluded.started_at",
+        )
+        .bind(&replica.id)
+        .bind(&replica.workspace_id)
+        .bind(&replica.deployed_model)
+        .bind(i64::from(replica.pid))
+        .bind(i64::from(replica.port))
+        .bind(replica.started_at.millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_replica(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM replicas WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, deployed_model, pid, port, started_at FROM replicas ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(replica_from_row).collect()
+    }
+}
+
+fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
+    let status: String = column(row, "status")?;
+    let status = Status::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?;
+    Ok(Deployment {
+        deployed_model: column(row, "deployed_model")?,
+        workspace_id: column(row, "workspace_id")?,
+        model_name: column(row, "model_name")?,
+        base_model: column(row, "base_model")?,
+        name: column(row, "name")?,
+        plan: column(row, "plan")?,
+        model_unit_spec: column(row, "model_unit_spec")?,
+        status,
+        capacity: unsigned(row, "capacity")?,
+        base_capacity: unsigned(row, "base_capacity")?,
+        ready_capacity: unsigned(row, "ready_capacity")?,
+        max_context_length: optional_unsigned(row, "max_context_length")?,
+        enable_thinking: column(row, "enable_thinking")?,
+        rpm_limit: optional_unsigned(row, "rpm_limit")?,
+        tpm_limit: optional_unsigned(row, "tpm_limit")?,
+        fail_reason: column(row, "fail_reason")?,
+        status_message: column(row, "status_message")?,
+        creator: column(row, "creator")?,
+        modifier: column(row, "modifier")?,
+        gmt_create: Timestamp(column(row, "gmt_create")?),
+        gmt_modified: Timestamp(column(row, "gmt_modified")?),
+        generation: column(row, "generation")?,
+    })
+}
+
+fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
+    let hash: Vec<u8> = column(row, "hash")?;
+    let hash = KeyHash::try_from(hash.as_slice())
+        .map_err(|_| StoreError::Corrupt(format!("api key hash of {} bytes", hash.len())))?;
+    Ok(ApiKeyRecord {
+        id: column(row, "id")?,
+        workspace_id: column(row, "workspace_id")?,
+        hash,
+        created: Timestamp(column(row, "created")?),
+        revoked: column(row, "revoked")?,
+    })
+}
+
+fn replica_from_row(row: &SqliteRow) -> Result<ReplicaRecord> {
+    Ok(ReplicaRecord {
+        id: column(row, "id")?,
+        workspace_id: column(row, "workspace_id")?,
+        deployed_model: column(row, "deployed_model")?,
+        pid: unsigned(row, "pid")?,
+        port: unsigned(row, "port")?,
+        started_at: Timestamp(column(row, "started_at")?),
+    })
+}
+
+/// One column, a decoding failure reported as a corrupt row.
+fn column<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T>
+where
+    T: Decode<'r, Sqlite> + Type<Sqlite>,
+{
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+/// An INTEGER column holding an unsigned domain value.
+fn unsigned<T: TryFrom<i64>>(row: &SqliteRow, name: &str) -> Result<T> {
+    let value: i64 = column(row, name)?;
+    T::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("column {name}: {value} is out of range")))
+}
+
+/// A nullable INTEGER column holding an unsigned domain value.
+fn optional_unsigned<T: TryFrom<i64>>(row: &SqliteRow, name: &str) -> Result<Option<T>> {
+    let value: Option<i64> = column(row, name)?;
+    value
+        .map(|v| {
+            T::try_from(v)
+                .map_err(|_| StoreError::Corrupt(format!("column {name}: {v} is out of range")))
+        })
+        .transpose()
+}
+
+/// A rate limit as a SQLite INTEGER (signed 64-bit); larger values are refused, not wrapped.
+fn limit_to_sql(limit: Option<u64>, name: &str) -> Result<Option<i64>> {
+    limit
+        .map(|v| {
+            i64::try_from(v).map_err(|_| {
+                StoreError::Database(sqlx::Error::Encode(
+                    format!("{name} {v} is larger than a SQLite INTEGER holds").into(),
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Paging bounds beyond `i64::MAX` mean "all of them".
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{sample, T0, WS_A};
+
+    /// The query plan's detail lines for `sql`.
+    async fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind(WS_A)
+            .bind("m")
+            .bind(0_i64)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_use_indexes_and_never_sort() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        let list = plan(&store, LIST_PAGE_SQL).await;
+        assert_eq!(
+            list,
+            ["SEARCH deployments USING INDEX deployments_by_workspace (workspace_id=?)"]
+        );
+        let count = plan(&store, COUNT_SQL).await;
+        assert_eq!(
+            count,
+            ["SEARCH deployments USING COVERING INDEX deployments_by_workspace (workspace_id=?)"]
+        );
+        let get = plan(&store, GET_SQL).await;
+        assert_eq!(get.len(), 1, "{get:?}");
+        assert!(
+            get[0].starts_with("SEARCH deployments USING INDEX sqlite_autoindex_deployments_"),
+            "{get:?}"
+        );
+        assert!(
+            get[0].ends_with("(workspace_id=? AND deployed_model=?)"),
+            "{get:?}"
+        );
+    }
+
+    #[test]
+    fn scale_sql_follows_after_scale() {
+        for status in ALL_STATUSES {
+            let arm = format!("WHEN '{status}' THEN '{}'", status.after_scale());
+            assert!(SCALE_SQL.contains(&arm), "{arm}");
+        }
+        assert!(SCALE_SQL.contains("WHEN 'PENDING' THEN 'PENDING'"));
+        assert!(SCALE_SQL.contains("WHEN 'RUNNING' THEN 'UPDATING'"));
+    }
+
+    #[tokio::test]
+    async fn a_row_that_breaks_the_domain_is_corrupt_not_a_panic() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        store
+            .create_deployment(sample(WS_A, "m", T0))
+            .await
+            .unwrap();
+        // Only a hand-edited database gets here: the schema's CHECKs forbid both.
+        sqlx::query("PRAGMA ignore_check_constraints = ON")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        for (edit, want) in [
+            ("status = 'running'", "unknown status"),
+            ("status = 'PENDING', capacity = -1", "capacity"),
+        ] {
+            sqlx::query(&format!("UPDATE deployments SET {edit}"))
+                .execute(store.pool())
+                .await
+                .unwrap();
+            match store.get_deployment(WS_A, "m").await {
+                Err(StoreError::Corrupt(message)) => assert!(message.contains(want), "{message}"),
+                other => panic!("{edit}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+}
