@@ -44,8 +44,12 @@ async fn changed_does_not_miss_a_change_before_it_is_called() {
     let rt = runtime();
     rt.start(fx.spec("r1", &[])).await.unwrap();
     assert_eq!(find(&rt, "r1").unwrap().state, ReplicaState::Starting);
-    // Readiness happens while nobody is waiting in changed().
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Readiness happens while nobody is waiting in changed(): watch for it on a private cursor.
+    let mut private = rt.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), private.changed())
+        .await
+        .expect("the replica became ready")
+        .unwrap();
     tokio::time::timeout(Duration::from_millis(100), rt.changed())
         .await
         .expect("changed() returned at once for a change since the last observe()");
