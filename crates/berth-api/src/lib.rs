@@ -5,3 +5,5 @@
 pub mod catalog;
 pub mod deployment;
 pub mod envelope;
+pub mod generation;
+pub mod openai;

@@ -1,0 +1,201 @@
+//! Admission and sending: from (workspace, deployment) to an upstream response.
+//!
+//! The hot path loads the snapshot, checks the deployment's rate limits, asks the balancer for a
+//! replica and sends; no lock, no store. Only when no replica is ready does a request subscribe
+//! to publishes and wait, in a bounded per-deployment queue, until the hold time runs out.
+//! A replica that refuses the connection (nothing was sent) is ejected and the request tries
+//! another; any failure after the request went out is final.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::balance::Balancer;
+use crate::error::GatewayError;
+use crate::routing::{Clock, DeploymentState, InFlight, Route, Routes};
+use crate::GatewayConfig;
+
+/// The shared state behind [`crate::Gateway`].
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub config: GatewayConfig,
+    pub routes: Routes,
+    pub balancer: Arc<dyn Balancer>,
+    pub client: reqwest::Client,
+    pub clock: Clock,
+}
+
+/// A request that reached a replica: its response head, and what must live as long as the body.
+pub(crate) struct Dispatched {
+    pub resp: reqwest::Response,
+    pub guard: InFlight,
+    pub usage: Accounting,
+}
+
+/// Charges the tokens of one response to its deployment, once.
+pub(crate) struct Accounting {
+    state: Arc<DeploymentState>,
+    tpm_limit: Option<u64>,
+    clock: Clock,
+}
+
+impl Accounting {
+    pub fn record(&self, total_tokens: u64) {
+        self.state
+            .tokens_total
+            .fetch_add(total_tokens, Ordering::Relaxed);
+        if let Some(limit) = self.tpm_limit {
+            self.state.tpm.charge(total_tokens, limit, self.clock.now());
+        }
+    }
+}
+
+/// Leaves the wait queue when dropped.
+struct QueueSlot(Arc<DeploymentState>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    pub fn new(config: GatewayConfig, balancer: Arc<dyn Balancer>) -> Result<Self, GatewayError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .http1_only()
+            .no_proxy()
+            .build()
+            .map_err(GatewayError::Client)?;
+        Ok(Self {
+            config,
+            routes: Routes::new(),
+            balancer,
+            client,
+            clock: Clock::new(),
+        })
+    }
+
+    /// Sends `body` to a ready replica of `deployed_model` in `workspace_id`.
+    pub async fn dispatch(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        body: Bytes,
+    ) -> Result<Dispatched, GatewayError> {
+        let mut admitted = false;
+        let mut waiter: Option<(tokio::sync::watch::Receiver<u64>, QueueSlot, Instant)> = None;
+        loop {
+            let route = self.lookup(workspace_id, deployed_model)?;
+            let now = self.clock.now();
+            if !admitted {
+                admit(&route, now)?;
+                admitted = true;
+            }
+            if let Some(backend) = self.balancer.pick(&route.backends, now) {
+                let guard = InFlight::new(backend.clone());
+                let sent = self
+                    .client
+                    .post(&backend.url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) => {
+                        let usage = Accounting {
+                            state: route.state.clone(),
+                            tpm_limit: route.entry.tpm_limit,
+                            clock: self.clock,
+                        };
+                        return Ok(Dispatched { resp, guard, usage });
+                    }
+                    Err(e) if e.is_connect() => {
+                        // Nothing reached the replica: skip it for a while and try another.
+                        let until = now + self.config.eject_for.as_nanos() as u64;
+                        backend.eject_until(until);
+                        tracing::warn!(
+                            deployment = deployed_model,
+                            replica = %backend.replica_id,
+                            addr = %backend.addr,
+                            error = %e,
+                            "replica refused the connection; ejected"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(GatewayError::Upstream(e)),
+                }
+            }
+            // No replica to send to. Subscribe first, then look again, so a publish between
+            // the look and the wait is never missed.
+            let Some((rx, _, deadline)) = waiter.as_mut() else {
+                waiter = Some(self.enqueue(&route)?);
+                continue;
+            };
+            let deadline = *deadline;
+            let mut wake = deadline;
+            if let Some(back) = route
+                .next_unejection()
+                .filter(|_| !route.backends.is_empty())
+            {
+                let in_ns = back.saturating_sub(self.clock.now());
+                wake = wake.min(Instant::now() + Duration::from_nanos(in_ns));
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if Instant::now() >= deadline {
+                tracing::info!(
+                    deployment = deployed_model,
+                    "no ready replica within the hold time"
+                );
+                return Err(self.unavailable());
+            }
+        }
+    }
+
+    fn lookup(&self, workspace_id: &str, deployed_model: &str) -> Result<Arc<Route>, GatewayError> {
+        self.routes
+            .load()
+            .get(workspace_id, deployed_model)
+            .cloned()
+            .ok_or_else(|| GatewayError::ModelNotFound(deployed_model.to_owned()))
+    }
+
+    fn enqueue(
+        &self,
+        route: &Route,
+    ) -> Result<(tokio::sync::watch::Receiver<u64>, QueueSlot, Instant), GatewayError> {
+        let rx = self.routes.subscribe();
+        let waiting = route.state.waiting.fetch_add(1, Ordering::Relaxed);
+        let slot = QueueSlot(route.state.clone());
+        if waiting >= self.config.queue_bound || self.config.hold.is_zero() {
+            return Err(self.unavailable());
+        }
+        Ok((rx, slot, Instant::now() + self.config.hold))
+    }
+
+    fn unavailable(&self) -> GatewayError {
+        GatewayError::ModelUnavailable {
+            retry_after: self.config.unavailable_retry_after,
+        }
+    }
+}
+
+/// Rate limits, checked once per request before it waits or is sent.
+fn admit(route: &Route, now: u64) -> Result<(), GatewayError> {
+    let limited = |retry_after| GatewayError::RateLimited { retry_after };
+    if route.entry.tpm_limit.is_some() {
+        route.state.tpm.check(now).map_err(limited)?;
+    }
+    if let Some(rpm) = route.entry.rpm_limit {
+        route.state.rpm.take_one(rpm, now).map_err(limited)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! The native DashScope call: `POST /api/v1/services/aigc/text-generation/generation`.
+//!
+//! The request is validated here (nothing invalid reaches a replica), translated into an OpenAI
+//! chat request, and the answer translated back: `output{text, finish_reason}` or
+//! `output{choices[...]}`, `usage{input_tokens, output_tokens, total_tokens}`, `request_id`.
+//!
+//! Streaming (`X-DashScope-SSE: enable`) writes one event per generated chunk, framed exactly as
+//! DashScope does (`id:N`, `event:result`, `:HTTP_STATUS/200`, `data:{...}`, blank line), with
+//! `finish_reason` `"null"` until the last event and cumulative `usage` on every event.
+//! `output_tokens` counts the chunks received so far. Replicas report the prompt's token count
+//! only with their final usage chunk, so `input_tokens` is 0 on the events before the last and
+//! exact on the last one (as are `output_tokens` and `total_tokens`); berth does not estimate.
+//! A failure after the stream started is an `event:error` with `:HTTP_STATUS/<code>`.
+
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use berth_api::generation::{
+    GenerationRequest, GenerationResponse, GenerationUsage, MessageChoice, Output, OutputMessage,
+};
+use berth_api::openai::{
+    ChatCompletion, ChatCompletionChunk, ChatMessage, ChatRequest, ErrorPeek, StreamOptions, Usage,
+};
+use berth_core::ErrorCode;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::Stream;
+
+use crate::dispatch::{Accounting, Dispatched};
+use crate::error::GatewayError;
+use crate::routing::InFlight;
+use crate::sse::{self, Frames};
+use crate::{Gateway, GatewayResponse};
+
+const JSON: &str = "application/json";
+const EVENT_STREAM: &str = "text/event-stream;charset=UTF-8";
+
+/// `result_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Message,
+}
+
+impl Gateway {
+    /// Calls a deployment with a native generation body. `stream` is the `X-DashScope-SSE:
+    /// enable` header; `request_id` goes into every body and event.
+    pub async fn generation(
+        &self,
+        workspace_id: &str,
+        request_id: &str,
+        stream: bool,
+        body: Bytes,
+    ) -> Result<GatewayResponse, GatewayError> {
+        let req: GenerationRequest = parse(&body)?;
+        let (format, incremental) = validate(&req)?;
+        let upstream = serde_json::to_vec(&to_chat(&req, stream))
+            .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
+        let Dispatched { resp, guard, usage } = self
+            .inner
+            .dispatch(workspace_id, &req.model, upstream.into())
+            .await?;
+        if !resp.status().is_success() {
+            return Err(upstream_error(resp).await);
+        }
+        if stream {
+            let body = NativeStream {
+                upstream: Box::pin(resp.bytes_stream()),
+                frames: Frames::default(),
+                usage,
+                _guard: guard,
+                request_id: request_id.to_owned(),
+                format,
+                incremental,
+                next_id: 0,
+                text: String::new(),
+                output_tokens: 0,
+                upstream_usage: None,
+                finish: None,
+                finished: false,
+                upstream_done: false,
+            };
+            return Ok(GatewayResponse::stream(EVENT_STREAM, Box::pin(body)));
+        }
+        let bytes = resp.bytes().await.map_err(GatewayError::Upstream)?;
+        drop(guard);
+        let done: ChatCompletion = serde_json::from_slice(&bytes)
+            .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+        let u = done.usage.unwrap_or_default();
+        usage.record(u.total_tokens);
+        let choice = done.choices.first();
+        let text = choice
+            .and_then(|c| c.message.content.as_deref())
+            .unwrap_or("");
+        let finish = choice
+            .and_then(|c| c.finish_reason.as_deref())
+            .unwrap_or("stop");
+        let out = GenerationResponse {
+            output: output(format, text, finish),
+            usage: GenerationUsage::new(u.prompt_tokens, u.completion_tokens),
+            request_id,
+        };
+        let json =
+            serde_json::to_vec(&out).map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+        Ok(GatewayResponse::full(200, JSON, json.into()))
+    }
+}
+
+fn parse(body: &[u8]) -> Result<GenerationRequest, GatewayError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        GatewayError::InvalidParameter(if path.is_empty() || path == "." {
+            format!("Required body invalid, please check the request body format: {inner}")
+        } else {
+            format!("Required parameter({path}) missing or invalid, please check the request parameters: {inner}")
+        })
+    })
+}
+
+/// Checks parameters against DashScope's ranges, with its messages.
+fn validate(req: &GenerationRequest) -> Result<(Format, bool), GatewayError> {
+    let bad = |m: &str| Err(GatewayError::InvalidParameter(m.to_owned()));
+    if req.model.trim().is_empty() {
+        return bad(
+            "Required parameter(model) missing or invalid, please check the request parameters.",
+        );
+    }
+    let has_messages = req.input.messages.as_ref().is_some_and(|m| !m.is_empty());
+    let has_prompt = req.input.prompt.as_ref().is_some_and(|p| !p.is_empty());
+    if !has_messages && !has_prompt {
+        return bad("Either \"prompt\" or \"messages\" must exist and cannot both be none");
+    }
+    let p = &req.parameters;
+    let format = match p.result_format.as_deref() {
+        None | Some("text") => Format::Text,
+        Some("message") => Format::Message,
+        Some(_) => return bad("The result_format parameter must be \"text\" or \"message\"."),
+    };
+    if p.temperature.is_some_and(|t| !(0.0..2.0).contains(&t)) {
+        return bad("Temperature should be in [0.0, 2.0)");
+    }
+    if p.top_p.is_some_and(|t| !(t > 0.0 && t <= 1.0)) {
+        return bad("Range of top_p should be (0.0, 1.0]");
+    }
+    if p.top_k.is_some_and(|k| k < 0) {
+        return bad("Range of top_k should be [0, 2147483647]");
+    }
+    if p.max_tokens.is_some_and(|m| m < 1) {
+        return bad("Range of max_tokens should be [1, 2147483647]");
+    }
+    if p.repetition_penalty.is_some_and(|r| r <= 0.0 || r.is_nan()) {
+        return bad("repetition_penalty should be greater than 0.0");
+    }
+    if p.presence_penalty
+        .is_some_and(|r| !(-2.0..=2.0).contains(&r))
+    {
+        return bad("Range of presence_penalty should be [-2.0, 2.0]");
+    }
+    if let Some(stop) = &p.stop {
+        if !(stop.is_string() || stop.is_array()) {
+            return bad("Required parameter(parameters.stop) missing or invalid, please check the request parameters.");
+        }
+    }
+    Ok((format, p.incremental_output.unwrap_or(false)))
+}
+
+/// The OpenAI request for a native one. `prompt` becomes a single user message.
+fn to_chat(req: &GenerationRequest, stream: bool) -> ChatRequest<'_> {
+    let messages = match (&req.input.messages, &req.input.prompt) {
+        (Some(m), _) if !m.is_empty() => m.clone(),
+        (_, prompt) => vec![ChatMessage {
+            role: "user".into(),
+            content: serde_json::Value::String(prompt.clone().unwrap_or_default()),
+            extra: Default::default(),
+        }],
+    };
+    let p = &req.parameters;
+    ChatRequest {
+        model: &req.model,
+        messages,
+        stream,
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: Some(true),
+        }),
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k,
+        seed: p.seed,
+        max_tokens: p.max_tokens,
+        stop: p.stop.clone(),
+        repetition_penalty: p.repetition_penalty,
+        presence_penalty: p.presence_penalty,
+    }
+}
+
+fn output<'a>(format: Format, text: &'a str, finish_reason: &'a str) -> Output<'a> {
+    match format {
+        Format::Text => Output::Text {
+            text,
+            finish_reason,
+        },
+        Format::Message => Output::Message {
+            choices: [MessageChoice {
+                finish_reason,
+                message: OutputMessage {
+                    role: "assistant",
+                    content: text,
+                },
+            }],
+        },
+    }
+}
+
+/// A replica's error status as a native error, with its message when it sent one.
+async fn upstream_error(resp: reqwest::Response) -> GatewayError {
+    let status = resp.status().as_u16();
+    let message = resp
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ErrorPeek>(&b).ok())
+        .and_then(|e| e.error.message)
+        .unwrap_or_else(|| format!("The model service answered HTTP {status}."));
+    GatewayError::UpstreamStatus { status, message }
+}
+
+/// Translates an upstream OpenAI stream into native events, one per content chunk.
+struct NativeStream {
+    upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    frames: Frames,
+    usage: Accounting,
+    _guard: InFlight,
+    request_id: String,
+    format: Format,
+    incremental: bool,
+    next_id: u64,
+    /// The full text so far (`incremental_output: false`) or the delta not yet sent (`true`).
+    text: String,
+    output_tokens: u64,
+    upstream_usage: Option<Usage>,
+    /// Set by the chunk that carries `finish_reason`; the last event waits for the usage chunk
+    /// that follows it, so it can carry exact usage.
+    finish: Option<String>,
+    finished: bool,
+    upstream_done: bool,
+}
+
+impl NativeStream {
+    fn on_event(&mut self, ev: &[u8], out: &mut BytesMut) {
+        let Some(data) = sse::data(ev) else { return };
+        if data == b"[DONE]" {
+            self.finish_stream(out);
+            return;
+        }
+        let Ok(chunk) = serde_json::from_slice::<ChatCompletionChunk>(data) else {
+            tracing::debug!("skipping an upstream event that is not a chat completion chunk");
+            return;
+        };
+        if let Some(u) = chunk.usage {
+            self.upstream_usage = Some(u);
+        }
+        match chunk.choices.first() {
+            Some(choice) => {
+                let delta = choice.delta.content.as_deref().unwrap_or("");
+                if !delta.is_empty() {
+                    self.output_tokens += 1;
+                    self.text.push_str(delta);
+                }
+                if let Some(reason) = &choice.finish_reason {
+                    self.finish = Some(reason.clone());
+                    if self.upstream_usage.is_some() {
+                        self.finish_stream(out);
+                    }
+                } else if !delta.is_empty() {
+                    self.write_result(out, "null");
+                }
+            }
+            None if self.finish.is_some() => self.finish_stream(out),
+            None => {}
+        }
+    }
+
+    /// The last event: the finish reason and exact usage.
+    fn finish_stream(&mut self, out: &mut BytesMut) {
+        if self.finished {
+            return;
+        }
+        if self.finish.is_none() && self.upstream_usage.is_none() && self.output_tokens == 0 {
+            self.write_error(
+                out,
+                ErrorCode::InternalError,
+                "Failed to request model service.",
+            );
+            return;
+        }
+        let reason = self.finish.take().unwrap_or_else(|| "stop".into());
+        if let Some(u) = self.upstream_usage {
+            self.output_tokens = u.completion_tokens;
+            self.usage.record(u.total_tokens);
+        } else {
+            self.usage.record(self.output_tokens);
+        }
+        self.write_result(out, &reason);
+        self.finished = true;
+    }
+
+    fn write_result(&mut self, out: &mut BytesMut, finish_reason: &str) {
+        let input = self.upstream_usage.map_or(0, |u| u.prompt_tokens);
+        let event = GenerationResponse {
+            output: output(self.format, &self.text, finish_reason),
+            usage: GenerationUsage::new(input, self.output_tokens),
+            request_id: &self.request_id,
+        };
+        self.next_id += 1;
+        let _ = write!(
+            Writer(out),
+            "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:",
+            self.next_id
+        );
+        let _ = serde_json::to_writer(out.writer(), &event);
+        out.extend_from_slice(b"\n\n");
+        if self.incremental {
+            self.text.clear();
+        }
+    }
+
+    fn write_error(&mut self, out: &mut BytesMut, code: ErrorCode, message: &str) {
+        self.next_id += 1;
+        let _ = write!(
+            Writer(out),
+            "id:{}\nevent:error\n:HTTP_STATUS/{}\ndata:",
+            self.next_id,
+            code.http_status()
+        );
+        let body = serde_json::json!({
+            "code": code.as_str(),
+            "message": message,
+            "request_id": self.request_id,
+        });
+        let _ = serde_json::to_writer(out.writer(), &body);
+        out.extend_from_slice(b"\n\n");
+        self.finished = true;
+    }
+}
+
+/// `fmt::Write` into a `BytesMut`.
+struct Writer<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl Stream for NativeStream {
+    type Item = Result<Bytes, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.upstream_done {
+                return Poll::Ready(None);
+            }
+            let mut out = BytesMut::new();
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let complete = this.frames.push(chunk);
+                    if !this.finished {
+                        for ev in sse::events(&complete) {
+                            this.on_event(&ev, &mut out);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.upstream_done = true;
+                    if !this.finished {
+                        tracing::warn!(error = %e, "replica broke off a stream");
+                        this.write_error(
+                            &mut out,
+                            ErrorCode::InternalError,
+                            "Failed to request model service.",
+                        );
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.upstream_done = true;
+                    let rest = this.frames.rest();
+                    if !this.finished && !rest.is_empty() {
+                        this.on_event(&rest, &mut out);
+                    }
+                    this.finish_stream(&mut out);
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out.freeze())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> Result<(Format, bool), GatewayError> {
+        validate(&parse(json.as_bytes())?)
+    }
+
+    #[test]
+    fn validation_follows_dashscope_ranges() {
+        let ok = r#"{"model":"m","input":{"prompt":"hi"}}"#;
+        assert_eq!(req(ok).unwrap(), (Format::Text, false));
+        let cases = [
+            (
+                r#"{"model":"m","input":{}}"#,
+                "Either \"prompt\" or \"messages\" must exist and cannot both be none",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[]}}"#,
+                "Either \"prompt\" or \"messages\" must exist",
+            ),
+            (
+                r#"{"model":"m","input":{"prompt":"x"},"parameters":{"temperature":2.0}}"#,
+                "Temperature should be in [0.0, 2.0)",
+            ),
+            (
+                r#"{"model":"m","input":{"prompt":"x"},"parameters":{"top_p":0}}"#,
+                "Range of top_p should be (0.0, 1.0]",
+            ),
+            (
+                r#"{"model":"m","input":{"prompt":"x"},"parameters":{"max_tokens":0}}"#,
+                "Range of max_tokens",
+            ),
+            (
+                r#"{"model":"m","input":{"prompt":"x"},"parameters":{"result_format":"xml"}}"#,
+                "result_format",
+            ),
+            (
+                r#"{"model":"m","input":{"prompt":"x"},"parameters":{"temperature":"hot"}}"#,
+                "parameters.temperature",
+            ),
+            (r#"{"model":"m"}"#, "input"),
+            (r#"not json"#, "Required body invalid"),
+        ];
+        for (body, want) in cases {
+            let err = req(body).unwrap_err();
+            assert!(matches!(err, GatewayError::InvalidParameter(_)), "{body}");
+            assert!(err.message().contains(want), "{body}: {}", err.message());
+        }
+        let m = r#"{"model":"m","input":{"messages":[{"role":"user","content":"x"}]},"parameters":{"result_format":"message","incremental_output":true,"temperature":0,"top_p":1}}"#;
+        assert_eq!(req(m).unwrap(), (Format::Message, true));
+    }
+
+    #[test]
+    fn prompt_becomes_one_user_message_and_streams_ask_for_usage() {
+        let r = parse(br#"{"model":"m","input":{"prompt":"hi"},"parameters":{"seed":7,"stop":["x"],"top_k":5}}"#).unwrap();
+        let v = serde_json::to_value(to_chat(&r, true)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
+                "stream_options":{"include_usage":true},"seed":7,"stop":["x"],"top_k":5})
+        );
+        let v = serde_json::to_value(to_chat(&r, false)).unwrap();
+        assert!(v.get("stream").is_none() && v.get("stream_options").is_none());
+    }
+}

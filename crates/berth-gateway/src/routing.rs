@@ -1,0 +1,223 @@
+//! The routing snapshot: what the reconciler last published, in the shape the hot path reads.
+//!
+//! The reconciler hands over a [`RoutingTable`]; [`Routes::publish`] turns it into a [`Snapshot`]
+//! (deployments by workspace then name, so a lookup borrows `&str` and allocates nothing) and
+//! swaps it in with one atomic store. Per-replica state (in-flight count, ejection) and
+//! per-deployment state (rate-limit windows, the wait queue) are carried over from the previous
+//! snapshot, so a re-publish neither forgets load nor resets limits. Requests waiting for a
+//! replica watch a version counter; nothing else does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use berth_core::{RoutingEntry, RoutingTable, Status};
+use tokio::sync::watch;
+
+use crate::limit::Window;
+
+/// One ready replica of a deployment, as the balancer sees it.
+#[derive(Debug)]
+pub struct Backend {
+    pub replica_id: String,
+    pub addr: SocketAddr,
+    /// `http://ADDR/v1/chat/completions`, built once.
+    pub(crate) url: String,
+    in_flight: AtomicU32,
+    /// Clock reading (see [`Clock`]) until which the replica is skipped; 0 when not ejected.
+    ejected_until: AtomicU64,
+}
+
+impl Backend {
+    pub fn new(replica_id: String, addr: SocketAddr) -> Self {
+        Self {
+            url: format!("http://{addr}/v1/chat/completions"),
+            replica_id,
+            addr,
+            in_flight: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests sent to this replica whose responses have not ended yet.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// True while the replica is ejected (it refused a connection recently).
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
+
+    pub(crate) fn eject_until(&self, until: u64) {
+        self.ejected_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    fn ejected_until(&self) -> u64 {
+        self.ejected_until.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request against a [`Backend`] for as long as it lives. It is moved into the
+/// response body, so it is released when the response ends or the client goes away.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn new(backend: Arc<Backend>) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(backend)
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// State of one deployment that outlives snapshots.
+#[derive(Debug, Default)]
+pub(crate) struct DeploymentState {
+    pub rpm: Window,
+    pub tpm: Window,
+    /// Requests waiting for a ready replica.
+    pub waiting: AtomicUsize,
+    /// Tokens used by answered requests (from the replicas' `usage`).
+    pub tokens_total: AtomicU64,
+}
+
+/// One deployment in a snapshot.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub entry: Arc<RoutingEntry>,
+    pub backends: Vec<Arc<Backend>>,
+    pub state: Arc<DeploymentState>,
+}
+
+impl Route {
+    /// Callable at all: a deployment being deleted answers like a missing one.
+    fn visible(&self) -> bool {
+        self.entry.status != Status::Deleting
+    }
+
+    /// The earliest time an ejected backend comes back, if all are ejected.
+    pub fn next_unejection(&self) -> Option<u64> {
+        self.backends.iter().map(|b| b.ejected_until()).min()
+    }
+}
+
+/// An immutable routing snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    by_workspace: HashMap<String, HashMap<String, Arc<Route>>>,
+}
+
+impl Snapshot {
+    pub fn get(&self, workspace_id: &str, deployed_model: &str) -> Option<&Arc<Route>> {
+        self.by_workspace
+            .get(workspace_id)?
+            .get(deployed_model)
+            .filter(|r| r.visible())
+    }
+
+    pub fn workspace(&self, workspace_id: &str) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_workspace
+            .get(workspace_id)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| r.visible())
+    }
+
+    fn build(table: &RoutingTable, previous: &Snapshot) -> Self {
+        let mut by_workspace: HashMap<String, HashMap<String, Arc<Route>>> = HashMap::new();
+        for entry in table.entries.values() {
+            let old = previous
+                .by_workspace
+                .get(&entry.workspace_id)
+                .and_then(|m| m.get(&entry.deployed_model));
+            let backends = entry
+                .endpoints
+                .iter()
+                .map(|ep| {
+                    old.and_then(|r| {
+                        r.backends
+                            .iter()
+                            .find(|b| b.addr == ep.addr && b.replica_id == ep.replica_id)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(ep.replica_id.clone(), ep.addr)))
+                })
+                .collect();
+            let state = old.map(|r| r.state.clone()).unwrap_or_default();
+            by_workspace
+                .entry(entry.workspace_id.clone())
+                .or_default()
+                .insert(
+                    entry.deployed_model.clone(),
+                    Arc::new(Route {
+                        entry: entry.clone(),
+                        backends,
+                        state,
+                    }),
+                );
+        }
+        Self { by_workspace }
+    }
+}
+
+/// Monotonic nanoseconds since the gateway started; cheap to compare and to store in atomics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock(Instant);
+
+impl Clock {
+    pub fn new() -> Self {
+        Self(Instant::now())
+    }
+
+    pub fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// The published routes and their change signal.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    current: ArcSwap<Snapshot>,
+    version: watch::Sender<u64>,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            version: watch::Sender::new(0),
+        }
+    }
+
+    /// Swaps in a new table and wakes the requests waiting for a replica.
+    pub fn publish(&self, table: &RoutingTable) {
+        // Publishers are serialised by the watch channel's lock; readers never take it.
+        self.version.send_modify(|v| {
+            let next = Snapshot::build(table, &self.current.load());
+            self.current.store(Arc::new(next));
+            *v += 1;
+        });
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// A receiver that sees every publish after this call.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
