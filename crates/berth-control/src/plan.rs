@@ -129,12 +129,18 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let failure = input.failures.get(&key).filter(|f| f.generation == d.generation);
 
         let mut live: Vec<&ObservedReplica> = Vec::new();
+        // An exit seen in this pass is a failure not yet in `failures`: wait for the next pass,
+        // which plans with its backoff, instead of restarting at once.
+        let mut just_failed: Option<String> = None;
         for r in replicas {
             if input.stopping.contains(&r.id) {
                 continue;
             }
             if let ReplicaState::Exited { reason } = &r.state {
                 let failure = (d.status != Status::Deleting).then(|| reason.clone());
+                if failure.is_some() {
+                    just_failed = failure.clone();
+                }
                 actions.push(Action::Forget { replica_id: r.id.clone(), key: key.clone(), failure });
             } else {
                 live.push(r);
@@ -192,6 +198,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     "Replicas failed to start {} times; last error: {}",
                     f.count, f.last_reason
                 ));
+            } else if let Some(reason) = &just_failed {
+                status_message = Some(format!("Retrying after a failed start: {reason}"));
             } else if failure.is_some_and(|f| input.now < f.retry_at) {
                 status_message = failure.map(|f| format!("Retrying after a failed start: {}", f.last_reason));
             } else {

@@ -74,7 +74,7 @@ impl Capacity {
     /// Validates `raw` against `base_capacity`. The error is the exact upstream message.
     pub fn new(raw: i64, base_capacity: u32) -> Result<Self, String> {
         let base = i64::from(base_capacity.max(1));
-        if raw < 0 || raw >= MAX_CAPACITY || raw % base != 0 {
+        if !(0..MAX_CAPACITY).contains(&raw) || raw % base != 0 {
             return Err(invalid_capacity_message(&raw.to_string(), base_capacity));
         }
         Ok(Self(raw as u32))

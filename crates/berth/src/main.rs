@@ -1,6 +1,13 @@
 //! The `berth` binary: `berth serve`, `berth engine`, `berth keys ...`.
 
-use clap::{Parser, Subcommand};
+mod keys;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_server::config::{Config, Overrides};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about = "Self-hosted model deployments that speak Model Studio's API")]
@@ -11,8 +18,44 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the control plane and gateway: the Model Studio deployments API and its replicas.
+    Serve(ServeArgs),
     /// Run one replica: a model server for a GGUF model (OpenAI-compatible API).
     Engine(berth_engine::EngineArgs),
+    /// Manage API keys (each belongs to one workspace).
+    Keys(keys::KeysArgs),
+    /// An instant OpenAI-compatible stub replica, for tests and benchmarks.
+    #[command(hide = true)]
+    StubEngine(berth_stub::StubArgs),
+}
+
+/// Where the configuration comes from (shared by `serve` and `keys`).
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory of berth's database (default ./berth-data).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory the default catalog finds model weights in (default ./models).
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+}
+
+/// Loads the layered configuration.
+pub fn load_config(args: &ConfigArgs, overrides: Overrides) -> anyhow::Result<Config> {
+    let overrides = Overrides { data_dir: args.data_dir.clone(), ..overrides };
+    Ok(Config::load(args.config.as_deref(), std::env::vars(), &overrides)?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,9 +66,44 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Engine(args) => rt.block_on(berth_engine::run(args)),
+        Command::Keys(args) => rt.block_on(keys::run(args)),
+        Command::StubEngine(args) => rt.block_on(berth_stub::run(args)),
+        Command::Serve(args) => {
+            let config = load_config(
+                &args.config,
+                Overrides { listen: args.listen, models_dir: args.models_dir, ..Overrides::default() },
+            )?;
+            rt.block_on(serve(config))
+        }
     }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let berth_exe = std::env::current_exe().context("cannot find the berth executable")?;
+    let replica_env = std::env::vars()
+        .filter(|(k, _)| matches!(k.as_str(), "PATH" | "HOME" | "RUST_LOG"))
+        .collect();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    berth_server::serve(config, berth_server::ServeEnv { berth_exe, replica_env }, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn stop_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
 }

@@ -160,11 +160,12 @@ fn table() {
             ..Default::default()
         },
         Case {
-            name: "crash: forget, mark failure, running becomes updating",
+            name: "crash: forget, no restart in the same pass, running becomes updating",
             desired: vec![dep("a", Status::Running, 2, 1)],
             observed: vec![rep("r1", "a", Ready), rep("r2", "a", Exited { reason: "exit 1".into() })],
-            expect_starts: 1,
+            expect_starts: 0,
             expect_status: Some((Status::Updating, 1)),
+            expect_message: Some("Retrying after a failed start: exit 1"),
             ..Default::default()
         },
         Case {
