@@ -80,6 +80,13 @@ pub async fn serve(config: Config, env: ServeEnv, shutdown: CancellationToken) -
         }
     }
 
+    let gateway = berth_gateway::Gateway::new(berth_gateway::GatewayConfig {
+        hold: secs(config.gateway.hold_secs),
+        queue_bound: config.gateway.hold_queue,
+        ..berth_gateway::GatewayConfig::default()
+    })
+    .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+
     let runtime = LocalRuntime::new(LocalRuntimeConfig {
         berth_exe: env.berth_exe.clone(),
         ready_timeout: secs(config.reconciler.ready_timeout_secs),
@@ -98,14 +105,14 @@ pub async fn serve(config: Config, env: ServeEnv, shutdown: CancellationToken) -
             node_units: config.node.capacity_units,
             replica_env: BTreeMap::new(),
         },
-        |_table| {},
+        gateway.publisher(),
     );
     let nudge = reconciler.nudge_handle();
     let keys = KeyRing::new(store.clone());
     keys.refresh().await?;
     keys.spawn_refresh(Duration::from_secs(2), shutdown.clone());
 
-    let state = AppState::new(AppInner { store, catalog, keys, nudge });
+    let state = AppState::new(AppInner { store, catalog, keys, nudge, gateway });
     let app = routes::router(state);
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -20,6 +20,8 @@ pub struct AppInner {
     pub keys: KeyRing,
     /// Asks the reconciler for a pass after desired state changed.
     pub nudge: Nudge,
+    /// The inference gateway; the reconciler publishes its routing table into it.
+    pub gateway: berth_gateway::Gateway,
 }
 
 impl AppState {

@@ -1,6 +1,7 @@
 //! The HTTP surface: every route, the fallbacks, and the middleware around them.
 
 pub mod deployments;
+pub mod inference;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
@@ -17,6 +18,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(deployments::router())
+        .merge(inference::router())
         .route("/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)

@@ -1,0 +1,37 @@
+//! `POST /api/v1/services/aigc/text-generation/generation`: the native DashScope API.
+//! Errors before the answer starts are the native envelope; errors after a stream started are
+//! `event:error` events, written by the gateway.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::request_id::RequestId;
+use crate::state::AppState;
+
+/// The header that asks for a server-sent-event answer.
+const SSE_HEADER: &str = "x-dashscope-sse";
+
+pub async fn generation(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestId(request_id): RequestId,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(super::body_error)?;
+    let stream = headers
+        .get(SSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("enable"));
+    let resp = state
+        .gateway
+        .generation(&caller.workspace_id, &request_id, stream, body)
+        .await
+        .map_err(super::api_error)?;
+    Ok(super::into_response(resp))
+}
