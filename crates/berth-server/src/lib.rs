@@ -3,6 +3,7 @@
 //! Only this crate knows axum and maps errors to HTTP statuses.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -27,6 +27,9 @@ enum Command {
     /// An instant OpenAI-compatible stub replica, for tests and benchmarks.
     #[command(hide = true)]
     StubEngine(berth_stub::StubArgs),
+    /// The gateway in front of fixed upstreams, without the control plane, for benchmarks.
+    #[command(hide = true)]
+    GatewayBench(berth_server::bench::GatewayBenchArgs),
 }
 
 /// Where the configuration comes from (shared by `serve` and `keys`).
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Engine(args) => rt.block_on(berth_engine::run(args)),
         Command::Keys(args) => rt.block_on(keys::run(args)),
         Command::StubEngine(args) => rt.block_on(berth_stub::run(args)),
+        Command::GatewayBench(args) => Ok(rt.block_on(berth_server::bench::run(args))?),
         Command::Serve(args) => {
             let config = load_config(
                 &args.config,
