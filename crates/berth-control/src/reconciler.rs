@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_core::{ModelCatalog, ReplicaRecord, RoutingTable, Status};
+use berth_core::{Deployment, ModelCatalog, ReplicaRecord, RoutingTable, Status};
 use berth_runtime::{ReplicaSpec, Runtime};
 use berth_store::Store;
 use rand::RngCore;
@@ -146,6 +146,10 @@ impl Reconciler {
             .iter()
             .map(|d| ((d.workspace_id.clone(), d.deployed_model.clone()), d.generation))
             .collect();
+        let current: HashMap<Key, &Deployment> = desired
+            .iter()
+            .map(|d| ((d.workspace_id.clone(), d.deployed_model.clone()), d))
+            .collect();
 
         for action in plan.actions {
             match action {
@@ -178,7 +182,16 @@ impl Reconciler {
             if observed.status == Status::Running {
                 self.failures.remove(key);
             }
-            self.store.record_status(&key.0, &key.1, observed).await?;
+            // Write only what changed: with thousands of idle deployments a pass stays a read.
+            let unchanged = current.get(key).is_some_and(|d| {
+                d.status == observed.status
+                    && d.ready_capacity == observed.ready_capacity
+                    && d.fail_reason == observed.fail_reason
+                    && d.status_message == observed.status_message
+            });
+            if !unchanged {
+                self.store.record_status(&key.0, &key.1, observed).await?;
+            }
         }
         self.failures.retain(|k, _| generations.contains_key(k));
 
