@@ -1,0 +1,7 @@
+//! HTTP integration tests of `berth-server`: real sockets, a real (in-memory SQLite) store.
+
+mod deployments;
+mod errors;
+mod inference;
+mod openapi;
+mod support;
