@@ -1,0 +1,427 @@
+//! Parse, don't validate: turns wire requests into checked generation parameters, or an
+//! [`InvalidRequest`] naming the offending parameter.
+
+use crate::api::{
+    ChatCompletionRequest, CompletionRequest, ContentWire, PromptWire, SamplingWire, StopWire,
+};
+
+/// Most stop sequences a request may carry (OpenAI's limit).
+pub const MAX_STOPS: usize = 4;
+
+/// A request the engine refuses, with the parameter at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidRequest {
+    /// Human-readable reason.
+    pub message: String,
+    /// The request field at fault, if any.
+    pub param: Option<String>,
+    /// A machine-readable code, if a specific one applies.
+    pub code: Option<&'static str>,
+}
+
+impl InvalidRequest {
+    /// An error about `param`.
+    pub fn new(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            param: Some(param.to_owned()),
+            code: None,
+        }
+    }
+}
+
+/// Checked sampling parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 disables top-k.
+    pub top_k: i32,
+    pub min_p: f32,
+    /// `None`: a random seed.
+    pub seed: Option<u32>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// 1.0 disables it.
+    pub repetition_penalty: f32,
+    /// Ban end-of-generation tokens (llama-server's `ignore_eos`).
+    pub ignore_eos: bool,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            ignore_eos: false,
+        }
+    }
+}
+
+impl Sampling {
+    /// True when no penalty sampler is needed.
+    pub fn penalties_off(&self) -> bool {
+        self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && self.repetition_penalty == 1.0
+    }
+}
+
+/// Checked generation options shared by both completion endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenOptions {
+    pub sampling: Sampling,
+    /// `None`: until end of sequence or the context is full.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// A chat message after checking: role and plain-text content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A checked chat completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatParams {
+    pub messages: Vec<ChatMessage>,
+    pub options: GenOptions,
+}
+
+/// A checked text completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionParams {
+    pub prompt: String,
+    pub options: GenOptions,
+}
+
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+
+/// Checks a chat completion request.
+pub fn chat(req: ChatCompletionRequest) -> Result<ChatParams, InvalidRequest> {
+    if req.messages.is_empty() {
+        return Err(InvalidRequest::new(
+            "messages",
+            "'messages' must contain at least one message",
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let param = format!("messages[{i}]");
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(InvalidRequest::new(
+                &format!("{param}.role"),
+                format!(
+                    "unsupported role '{}'; expected one of {}",
+                    m.role,
+                    ROLES.join(", ")
+                ),
+            ));
+        }
+        let content = match m.content {
+            None if m.role == "assistant" => String::new(),
+            None => {
+                return Err(InvalidRequest::new(
+                    &format!("{param}.content"),
+                    "'content' is required",
+                ))
+            }
+            Some(ContentWire::Text(t)) => t,
+            Some(ContentWire::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        _ => {
+                            return Err(InvalidRequest::new(
+                                &format!("{param}.content"),
+                                format!(
+                                    "unsupported content part type '{}': only text is supported",
+                                    p.kind
+                                ),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+        };
+        if content.contains('\0') {
+            return Err(InvalidRequest::new(
+                &format!("{param}.content"),
+                "content must not contain NUL characters",
+            ));
+        }
+        messages.push(ChatMessage {
+            role: m.role,
+            content,
+        });
+    }
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(InvalidRequest::new(
+            "messages",
+            "'messages' must contain some non-empty content",
+        ));
+    }
+    let max = req
+        .sampling
+        .max_completion_tokens
+        .or(req.sampling.max_tokens);
+    let options = options(req.sampling, max)?;
+    Ok(ChatParams { messages, options })
+}
+
+/// Checks a text completion request.
+pub fn completion(req: CompletionRequest) -> Result<CompletionParams, InvalidRequest> {
+    let prompt = match req.prompt {
+        PromptWire::One(p) => p,
+        PromptWire::Many(mut v) if v.len() == 1 => v.remove(0),
+        PromptWire::Many(_) => {
+            return Err(InvalidRequest::new(
+                "prompt",
+                "'prompt' must be a string or a list of exactly one string",
+            ))
+        }
+    };
+    if prompt.is_empty() {
+        return Err(InvalidRequest::new("prompt", "'prompt' must not be empty"));
+    }
+    let max = req.sampling.max_tokens;
+    let options = options(req.sampling, max)?;
+    Ok(CompletionParams { prompt, options })
+}
+
+fn options(w: SamplingWire, max_tokens: Option<i64>) -> Result<GenOptions, InvalidRequest> {
+    let mut s = Sampling::default();
+    if let Some(t) = w.temperature {
+        s.temperature = ranged("temperature", t, 0.0, 2.0)?;
+    }
+    if let Some(p) = w.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(InvalidRequest::new("top_p", "'top_p' must be in (0, 1]"));
+        }
+        s.top_p = p as f32;
+    }
+    if let Some(k) = w.top_k {
+        s.top_k = i32::try_from(k)
+            .ok()
+            .filter(|k| *k >= 0)
+            .ok_or_else(|| InvalidRequest::new("top_k", "'top_k' must be >= 0 (0 disables it)"))?;
+    }
+    if let Some(p) = w.min_p {
+        s.min_p = ranged("min_p", p, 0.0, 1.0)?;
+    }
+    // Any integer is accepted as a seed; llama.cpp takes 32 bits.
+    s.seed = w.seed.map(|v| v as u32);
+    if let Some(p) = w.presence_penalty {
+        s.presence_penalty = ranged("presence_penalty", p, -2.0, 2.0)?;
+    }
+    if let Some(p) = w.frequency_penalty {
+        s.frequency_penalty = ranged("frequency_penalty", p, -2.0, 2.0)?;
+    }
+    if let Some((name, p)) = w
+        .repetition_penalty
+        .map(|p| ("repetition_penalty", p))
+        .or(w.repeat_penalty.map(|p| ("repeat_penalty", p)))
+    {
+        if !(p > 0.0 && p <= 10.0) {
+            return Err(InvalidRequest::new(
+                name,
+                format!("'{name}' must be in (0, 10]; 1.0 disables it"),
+            ));
+        }
+        s.repetition_penalty = p as f32;
+    }
+    s.ignore_eos = w.ignore_eos.unwrap_or(false);
+    if let Some(n) = w.n {
+        if n != 1 {
+            return Err(InvalidRequest::new("n", "only 'n' = 1 is supported"));
+        }
+    }
+    let max_tokens = match max_tokens {
+        None => None,
+        Some(m) if m >= 1 => Some(u32::try_from(m).unwrap_or(u32::MAX)),
+        Some(_) => {
+            return Err(InvalidRequest::new(
+                "max_tokens",
+                "'max_tokens' must be at least 1",
+            ))
+        }
+    };
+    let stop = match w.stop {
+        None => Vec::new(),
+        Some(StopWire::One(s)) => vec![s],
+        Some(StopWire::Many(v)) => v,
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(InvalidRequest::new(
+            "stop",
+            format!("at most {MAX_STOPS} stop sequences are allowed"),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(InvalidRequest::new(
+            "stop",
+            "stop sequences must not be empty",
+        ));
+    }
+    let stream = w.stream.unwrap_or(false);
+    let include_usage = w
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    Ok(GenOptions {
+        sampling: s,
+        max_tokens,
+        stop,
+        stream,
+        include_usage,
+    })
+}
+
+fn ranged(name: &str, v: f64, lo: f64, hi: f64) -> Result<f32, InvalidRequest> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(v as f32)
+    } else {
+        Err(InvalidRequest::new(
+            name,
+            format!("'{name}' must be between {lo} and {hi}, got {v}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat_json(v: serde_json::Value) -> Result<ChatParams, InvalidRequest> {
+        chat(serde_json::from_value(v).expect("wire shape"))
+    }
+
+    fn base(extra: serde_json::Value) -> serde_json::Value {
+        let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    #[test]
+    fn defaults() {
+        let p = chat_json(base(json!({}))).unwrap();
+        assert_eq!(p.options.sampling, Sampling::default());
+        assert_eq!(p.options.max_tokens, None);
+        assert!(p.options.stop.is_empty());
+        assert!(!p.options.stream);
+        assert_eq!(p.messages[0].content, "hi");
+    }
+
+    #[test]
+    fn accepts_the_full_set() {
+        let p = chat_json(base(json!({
+            "temperature": 0, "top_p": 0.9, "top_k": 40, "seed": 7, "max_tokens": 16,
+            "stop": "\n", "presence_penalty": 0.5, "frequency_penalty": -0.5,
+            "repetition_penalty": 1.1, "stream": true, "stream_options": {"include_usage": true},
+            "n": 1, "user": "ignored"
+        })))
+        .unwrap();
+        let s = &p.options.sampling;
+        assert_eq!(s.temperature, 0.0);
+        assert_eq!(s.top_k, 40);
+        assert_eq!(s.seed, Some(7));
+        assert_eq!(p.options.max_tokens, Some(16));
+        assert_eq!(p.options.stop, vec!["\n".to_string()]);
+        assert!(p.options.stream && p.options.include_usage);
+        assert!(!s.penalties_off());
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_param() {
+        let cases = [
+            (json!({"temperature": -0.1}), "temperature"),
+            (json!({"temperature": 2.5}), "temperature"),
+            (json!({"top_p": 0}), "top_p"),
+            (json!({"top_p": 1.5}), "top_p"),
+            (json!({"top_k": -1}), "top_k"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_tokens": -5}), "max_tokens"),
+            (json!({"max_completion_tokens": 0}), "max_tokens"),
+            (json!({"presence_penalty": 3}), "presence_penalty"),
+            (json!({"frequency_penalty": -2.1}), "frequency_penalty"),
+            (json!({"repetition_penalty": 0}), "repetition_penalty"),
+            (json!({"n": 2}), "n"),
+            (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+            (json!({"stop": ""}), "stop"),
+        ];
+        for (extra, param) in cases {
+            let err = chat_json(base(extra.clone())).expect_err(&extra.to_string());
+            assert_eq!(err.param.as_deref(), Some(param), "{extra}");
+        }
+    }
+
+    #[test]
+    fn rejects_empty_or_odd_messages() {
+        let err = chat_json(json!({"messages": []})).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
+        let err = chat_json(json!({"messages": [{"role": "user", "content": "  "}]})).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
+        let err = chat_json(json!({"messages": [{"role": "wizard", "content": "x"}]})).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].role"));
+        let err = chat_json(json!({"messages": [{"role": "user"}]})).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].content"));
+        let err = chat_json(json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}))
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].content"));
+    }
+
+    #[test]
+    fn content_parts_are_joined() {
+        let p = chat_json(json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}))
+        .unwrap();
+        assert_eq!(p.messages[0].content, "ab");
+    }
+
+    #[test]
+    fn stop_list_and_completion_prompt_shapes() {
+        let p = completion(
+            serde_json::from_value(json!({"prompt": ["x"], "stop": ["a", "b"], "max_tokens": 3}))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.prompt, "x");
+        assert_eq!(p.options.stop, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(p.options.max_tokens, Some(3));
+        let err =
+            completion(serde_json::from_value(json!({"prompt": ["x", "y"]})).unwrap()).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("prompt"));
+        let err = completion(serde_json::from_value(json!({"prompt": ""})).unwrap()).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn wrong_types_fail_to_deserialize() {
+        let r: Result<ChatCompletionRequest, _> =
+            serde_json::from_value(base(json!({"temperature": "hot"})));
+        assert!(r.is_err());
+        let r: Result<ChatCompletionRequest, _> =
+            serde_json::from_value(base(json!({"max_tokens": 1.5})));
+        assert!(r.is_err());
+        let r: Result<ChatCompletionRequest, _> = serde_json::from_value(json!({"messages": "hi"}));
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! Turns generation events into OpenAI objects: whole responses and SSE chunk frames, for chat
+//! (`chat.completion[.chunk]`) and text (`text_completion`) endpoints alike.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::api::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta,
+    ErrorBody, ErrorEnvelope, TextChoice, TextCompletion, Usage,
+};
+use crate::worker::FinishReason;
+
+/// Which OpenAI endpoint a response is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`
+    Chat,
+    /// `/v1/completions`
+    Text,
+}
+
+/// Identity of one response: shared by all its chunks.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    pub endpoint: Endpoint,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub include_usage: bool,
+}
+
+/// One SSE `data:` frame.
+pub fn sse_frame(value: &impl Serialize) -> Bytes {
+    let json = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// The stream terminator.
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+impl Renderer {
+    /// A renderer with a fresh id (`chatcmpl-...` or `cmpl-...`).
+    pub fn new(endpoint: Endpoint, model: String, include_usage: bool) -> Self {
+        let prefix = match endpoint {
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Text => "cmpl",
+        };
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            endpoint,
+            id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            created,
+            model,
+            include_usage,
+        }
+    }
+
+    /// The complete (non-streamed) response.
+    pub fn response(&self, text: String, reason: FinishReason, usage: Usage) -> serde_json::Value {
+        let v = match self.endpoint {
+            Endpoint::Chat => serde_json::to_value(ChatCompletion {
+                id: self.id.clone(),
+                object: "chat.completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: text,
+                    },
+                    logprobs: None,
+                    finish_reason: reason.as_str(),
+                }],
+                usage,
+            }),
+            Endpoint::Text => serde_json::to_value(TextCompletion {
+                id: self.id.clone(),
+                object: "text_completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![TextChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason: Some(reason.as_str()),
+                }],
+                usage: Some(usage),
+            }),
+        };
+        v.unwrap_or_default()
+    }
+
+    /// The first frame of a chat stream (announces the assistant role); none for text.
+    pub fn start(&self) -> Option<Bytes> {
+        match self.endpoint {
+            Endpoint::Chat => Some(self.chat_chunk(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                },
+                None,
+                None,
+            )),
+            Endpoint::Text => None,
+        }
+    }
+
+    /// A frame carrying generated text.
+    pub fn text(&self, text: String) -> Bytes {
+        match self.endpoint {
+            Endpoint::Chat => self.chat_chunk(
+                Delta {
+                    role: None,
+                    content: Some(text),
+                },
+                None,
+                None,
+            ),
+            Endpoint::Text => self.text_chunk(text, None, None),
+        }
+    }
+
+    /// The closing frames: finish reason, the usage chunk if asked for, and `[DONE]`.
+    pub fn finish(&self, reason: FinishReason, usage: Usage) -> Bytes {
+        let mut out = Vec::new();
+        match self.endpoint {
+            Endpoint::Chat => {
+                out.extend_from_slice(&self.chat_chunk(Delta::default(), Some(reason), None));
+                if self.include_usage {
+                    out.extend_from_slice(&sse_frame(&ChatCompletionChunk {
+                        id: self.id.clone(),
+                        object: "chat.completion.chunk",
+                        created: self.created,
+                        model: self.model.clone(),
+                        choices: vec![],
+                        usage: Some(Some(usage)),
+                    }));
+                }
+            }
+            Endpoint::Text => {
+                out.extend_from_slice(&self.text_chunk(String::new(), Some(reason), None));
+                if self.include_usage {
+                    out.extend_from_slice(&sse_frame(&TextCompletion {
+                        id: self.id.clone(),
+                        object: "text_completion",
+                        created: self.created,
+                        model: self.model.clone(),
+                        choices: vec![],
+                        usage: Some(usage),
+                    }));
+                }
+            }
+        }
+        out.extend_from_slice(SSE_DONE);
+        Bytes::from(out)
+    }
+
+    /// An error frame followed by `[DONE]` (the `openai` SDK raises on it).
+    pub fn error(&self, message: &str) -> Bytes {
+        let mut out = sse_frame(&ErrorEnvelope {
+            error: ErrorBody {
+                message: message.to_owned(),
+                kind: "server_error",
+                param: None,
+                code: None,
+            },
+        })
+        .to_vec();
+        out.extend_from_slice(SSE_DONE);
+        Bytes::from(out)
+    }
+
+    fn chat_chunk(
+        &self,
+        delta: Delta,
+        reason: Option<FinishReason>,
+        usage: Option<Usage>,
+    ) -> Bytes {
+        sse_frame(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: reason.map(FinishReason::as_str),
+            }],
+            usage: self.include_usage.then_some(usage),
+        })
+    }
+
+    fn text_chunk(
+        &self,
+        text: String,
+        reason: Option<FinishReason>,
+        usage: Option<Usage>,
+    ) -> Bytes {
+        sse_frame(&TextCompletion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![TextChoice {
+                index: 0,
+                text,
+                logprobs: None,
+                finish_reason: reason.map(FinishReason::as_str),
+            }],
+            usage,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn frames(b: &Bytes) -> Vec<Value> {
+        let s = std::str::from_utf8(b).unwrap();
+        assert!(s.ends_with("\n\n"), "frames end with a blank line: {s:?}");
+        s.split("\n\n")
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                let data = f.strip_prefix("data: ").expect("data: prefix");
+                if data == "[DONE]" {
+                    Value::String("[DONE]".into())
+                } else {
+                    serde_json::from_str(data).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    fn chat(include_usage: bool) -> Renderer {
+        let mut r = Renderer::new(Endpoint::Chat, "smol".into(), include_usage);
+        r.id = "chatcmpl-1".into();
+        r.created = 42;
+        r
+    }
+
+    #[test]
+    fn chat_stream_frames() {
+        let r = chat(false);
+        let start = frames(&r.start().unwrap());
+        assert_eq!(
+            start[0],
+            json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":42,"model":"smol",
+                   "choices":[{"index":0,"delta":{"role":"assistant","content":""},
+                               "logprobs":null,"finish_reason":null}]})
+        );
+        let text = frames(&r.text("Par".into()));
+        assert_eq!(text[0]["choices"][0]["delta"], json!({"content":"Par"}));
+        assert!(text[0].get("usage").is_none());
+        let end = frames(&r.finish(FinishReason::Stop, Usage::new(10, 3)));
+        assert_eq!(end.len(), 2);
+        assert_eq!(end[0]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(end[0]["choices"][0]["delta"], json!({}));
+        assert_eq!(end[1], "[DONE]");
+    }
+
+    #[test]
+    fn chat_stream_with_usage_chunk() {
+        let r = chat(true);
+        let text = frames(&r.text("x".into()));
+        assert_eq!(text[0]["usage"], Value::Null);
+        let end = frames(&r.finish(FinishReason::Length, Usage::new(10, 3)));
+        assert_eq!(end.len(), 3);
+        assert_eq!(end[0]["choices"][0]["finish_reason"], "length");
+        assert_eq!(end[1]["choices"], json!([]));
+        assert_eq!(
+            end[1]["usage"],
+            json!({"prompt_tokens":10,"completion_tokens":3,"total_tokens":13})
+        );
+        assert_eq!(end[2], "[DONE]");
+    }
+
+    #[test]
+    fn text_stream_and_response() {
+        let mut r = Renderer::new(Endpoint::Text, "smol".into(), false);
+        r.id = "cmpl-1".into();
+        assert!(r.start().is_none());
+        let t = frames(&r.text("abc".into()));
+        assert_eq!(t[0]["object"], "text_completion");
+        assert_eq!(t[0]["choices"][0]["text"], "abc");
+        let full = r.response("abc".into(), FinishReason::Stop, Usage::new(2, 1));
+        assert_eq!(full["choices"][0]["finish_reason"], "stop");
+        assert_eq!(full["usage"]["total_tokens"], 3);
+    }
+
+    #[test]
+    fn chat_response_shape() {
+        let r = chat(false);
+        let full = r.response("Paris".into(), FinishReason::Length, Usage::new(5, 1));
+        assert_eq!(full["object"], "chat.completion");
+        assert_eq!(
+            full["choices"][0]["message"],
+            json!({"role":"assistant","content":"Paris"})
+        );
+        assert_eq!(full["choices"][0]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn error_frame_then_done() {
+        let f = frames(&chat(false).error("boom"));
+        assert_eq!(f[0]["error"]["message"], "boom");
+        assert_eq!(f[1], "[DONE]");
+    }
+
+    #[test]
+    fn ids_have_the_endpoint_prefix() {
+        assert!(Renderer::new(Endpoint::Chat, "m".into(), false)
+            .id
+            .starts_with("chatcmpl-"));
+        assert!(Renderer::new(Endpoint::Text, "m".into(), false)
+            .id
+            .starts_with("cmpl-"));
+    }
+}
