@@ -325,6 +325,9 @@ async fn collect(
     Ok(Json(value).into_response())
 }
 
+/// Interval of SSE keep-alive comments on an idle stream.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// State of an SSE stream.
 struct StreamState {
     renderer: Renderer,
@@ -356,7 +359,14 @@ fn stream_response(
                 return Some((first, st));
             }
         }
-        let frame = match st.rx.recv().await {
+        // An SSE comment every second while nothing else is sent: a client that went away
+        // (even one still waiting in the queue) is noticed on the failed write, which drops this
+        // stream and so cancels the job.
+        let event = match tokio::time::timeout(KEEP_ALIVE, st.rx.recv()).await {
+            Ok(event) => event,
+            Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), st)),
+        };
+        let frame = match event {
             Some(Event::Text(t)) => st.renderer.text(t),
             Some(Event::Done {
                 reason,

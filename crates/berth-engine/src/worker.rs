@@ -500,9 +500,10 @@ impl<'m> Batcher<'m> {
         }
     }
 
-    /// Flushes held-back text, reports the end and frees the slot.
+    /// Flushes held-back text, frees the slot, then reports the end (metrics first, so a
+    /// client that reads `/metrics` right after its response sees its own request counted).
     fn finish(&mut self, i: usize, reason: FinishReason) {
-        let Some(slot) = self.slots[i].as_mut() else {
+        let Some(mut slot) = self.release(i, Outcome::Ok) else {
             return;
         };
         let tail = slot.utf8.finish();
@@ -511,6 +512,9 @@ impl<'m> Batcher<'m> {
         if !stopped {
             rest.emit.push_str(&slot.stop.finish());
         }
+        self.metrics
+            .request_duration
+            .observe(slot.job.arrived.elapsed().as_secs_f64());
         if !rest.emit.is_empty() {
             let _ = slot.job.events.send(Event::Text(rest.emit));
         }
@@ -520,31 +524,28 @@ impl<'m> Batcher<'m> {
             prompt_tokens: slot.job.prompt.len() as u32,
             completion_tokens: slot.generated,
         });
-        self.metrics
-            .request_duration
-            .observe(slot.job.arrived.elapsed().as_secs_f64());
-        self.release(i, Outcome::Ok);
     }
 
-    fn release(&mut self, i: usize, outcome: Outcome) {
-        if let Some(slot) = self.slots[i].take() {
-            if self
-                .ctx
-                .clear_kv_cache_seq(Some(slot.seq as u32), None, None)
-                .is_err()
-            {
-                tracing::warn!(seq = slot.seq, "could not clear the sequence's KV cache");
-            }
-            if outcome == Outcome::Cancelled {
-                tracing::info!(
-                    seq = slot.seq,
-                    generated = slot.generated,
-                    "client went away; slot freed"
-                );
-            }
-            self.metrics.request(outcome);
+    /// Takes sequence `i` out of the batch: clears its KV cells and counts its outcome.
+    fn release(&mut self, i: usize, outcome: Outcome) -> Option<Slot> {
+        let slot = self.slots[i].take()?;
+        if self
+            .ctx
+            .clear_kv_cache_seq(Some(slot.seq as u32), None, None)
+            .is_err()
+        {
+            tracing::warn!(seq = slot.seq, "could not clear the sequence's KV cache");
         }
+        if outcome == Outcome::Cancelled {
+            tracing::info!(
+                seq = slot.seq,
+                generated = slot.generated,
+                "client went away; slot freed"
+            );
+        }
+        self.metrics.request(outcome);
         self.metrics.set_active(self.active());
+        Some(slot)
     }
 }
 
