@@ -52,13 +52,14 @@ def pid_alive(pid: int) -> bool:
 class BerthServer:
     """A running `berth serve` with its own data dir, port and bootstrap key."""
 
-    def __init__(self, config: str | None = None, env: dict | None = None, models_dir: str = MODELS_DIR):
+    def __init__(self, config: str | None = None, env: dict | None = None, models_dir: str = MODELS_DIR,
+                 data_dir: str | None = None, key: str | None = None):
         self.dir = tempfile.TemporaryDirectory(prefix="berth-e2e-")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.key = "sk-e2e-" + os.urandom(12).hex()
+        self.key = key or "sk-e2e-" + os.urandom(12).hex()
         args = [BERTH_BIN, "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--data-dir", str(Path(self.dir.name) / "data"), "--models-dir", models_dir]
+                "--data-dir", data_dir or str(Path(self.dir.name) / "data"), "--models-dir", models_dir]
         if config is not None:
             path = Path(self.dir.name) / "berth.toml"
             path.write_text(config)

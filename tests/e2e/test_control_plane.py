@@ -226,3 +226,20 @@ def test_bad_config_reports_every_problem():
     assert out.returncode != 0
     for needle in ["gateway.hold_secs", "resync_secs", "BERTH_TYPO"]:
         assert needle in out.stderr, out.stderr
+
+
+def test_replicas_of_a_killed_server_are_cleaned_up_on_restart(berth_factory):
+    from conftest import BerthServer
+    config = stub_config(start_delay_ms=0)
+    s = berth_factory(config)
+    s.api("POST", "/api/v1/deployments", json={"model_name": "stub-model", "capacity": 1})
+    s.wait_status("stub-model", "RUNNING", ready=1)
+    [(old_pid, _)] = s.replicas()
+    s.proc.kill()  # no graceful shutdown: the replica is orphaned
+    s.proc.wait()
+    assert pid_alive(old_pid)
+    # A new server on the same data dir stops the leftover and brings the deployment back.
+    again = berth_factory(config, data_dir=os.path.join(s.dir.name, "data"), key=s.key)
+    wait_for(lambda: not pid_alive(old_pid), timeout=10, what="leftover replica stopped")
+    again.wait_status("stub-model", "RUNNING", ready=1)
+    assert [p for p, _ in again.replicas()] != [old_pid]

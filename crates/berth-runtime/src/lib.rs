@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use berth_core::{CatalogModel, Timestamp};
 
-pub use local::{LocalRuntime, LocalRuntimeConfig};
+pub use local::{kill_leftover, LocalRuntime, LocalRuntimeConfig};
 
 /// Errors starting or stopping a replica.
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,8 @@ use tokio::task::JoinSet;
 
 use crate::{ObservedReplica, ReplicaSpec, ReplicaState, Runtime, RuntimeError};
 
+pub use process::kill_leftover;
+
 /// How the local runtime starts, probes and stops replicas.
 #[derive(Debug, Clone)]
 pub struct LocalRuntimeConfig {

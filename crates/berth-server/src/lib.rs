@@ -74,6 +74,7 @@ pub async fn serve(config: Config, env: ServeEnv, shutdown: CancellationToken) -
             tracing::info!(key = %record.id, "bootstrap API key added to workspace default");
         }
     }
+    reap_leftover_replicas(store.as_ref()).await?;
     let catalog = Arc::new(config.catalog());
     for m in &catalog.models {
         if let Some(reason) = m.missing_weights_reason() {
@@ -131,5 +132,18 @@ pub async fn serve(config: Config, env: ServeEnv, shutdown: CancellationToken) -
     reconciler_stop.cancel();
     let _ = reconciler_task.await;
     tracing::info!("berth stopped");
+    Ok(())
+}
+
+/// Replicas recorded by an earlier run that did not shut down cleanly (crash, SIGKILL) are not
+/// re-adopted yet: they are stopped, so no orphan model server keeps running unseen, and the
+/// reconciler starts fresh ones from desired state.
+async fn reap_leftover_replicas(store: &dyn Store) -> Result<(), ServeError> {
+    for r in store.list_replicas().await? {
+        if berth_runtime::kill_leftover(r.pid, r.port) {
+            tracing::warn!(replica = %r.id, deployment = %r.deployed_model, pid = r.pid, "stopped a replica left over from an earlier run");
+        }
+        store.remove_replica(&r.id).await?;
+    }
     Ok(())
 }
