@@ -52,7 +52,11 @@ pub enum Action {
     /// Stop a live replica.
     Stop { replica_id: String },
     /// Clean up an exited replica; `failure` is set when the exit counts against the deployment.
-    Forget { replica_id: String, key: Key, failure: Option<String> },
+    Forget {
+        replica_id: String,
+        key: Key,
+        failure: Option<String>,
+    },
     /// The deployment is `DELETING` and has no replicas left: remove its row.
     Remove { key: Key },
 }
@@ -82,8 +86,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .or_default()
             .push(r);
     }
-    let base_of: HashMap<Key, u32> =
-        input.desired.iter().map(|d| (key_of(d), d.base_capacity.max(1))).collect();
+    let base_of: HashMap<Key, u32> = input
+        .desired
+        .iter()
+        .map(|d| (key_of(d), d.base_capacity.max(1)))
+        .collect();
 
     // Units held by every replica process that still exists (stopping ones included).
     let mut used: u32 = input
@@ -110,9 +117,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     key: key.clone(),
                     failure: None,
                 }),
-                _ if !input.stopping.contains(&r.id) => {
-                    actions.push(Action::Stop { replica_id: r.id.clone() })
-                }
+                _ if !input.stopping.contains(&r.id) => actions.push(Action::Stop {
+                    replica_id: r.id.clone(),
+                }),
                 _ => {}
             }
         }
@@ -126,7 +133,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let key = key_of(d);
         let replicas = by_deployment.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let base = d.base_capacity.max(1);
-        let failure = input.failures.get(&key).filter(|f| f.generation == d.generation);
+        let failure = input
+            .failures
+            .get(&key)
+            .filter(|f| f.generation == d.generation);
 
         let mut live: Vec<&ObservedReplica> = Vec::new();
         // An exit seen in this pass is a failure not yet in `failures`: wait for the next pass,
@@ -141,7 +151,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 if failure.is_some() {
                     just_failed = failure.clone();
                 }
-                actions.push(Action::Forget { replica_id: r.id.clone(), key: key.clone(), failure });
+                actions.push(Action::Forget {
+                    replica_id: r.id.clone(),
+                    key: key.clone(),
+                    failure,
+                });
             } else {
                 live.push(r);
             }
@@ -149,9 +163,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
         if d.status == Status::Deleting {
             for r in &live {
-                actions.push(Action::Stop { replica_id: r.id.clone() });
+                actions.push(Action::Stop {
+                    replica_id: r.id.clone(),
+                });
             }
-            let still_there = replicas.iter().any(|r| !matches!(r.state, ReplicaState::Exited { .. }));
+            let still_there = replicas
+                .iter()
+                .any(|r| !matches!(r.state, ReplicaState::Exited { .. }));
             if !still_there {
                 actions.push(Action::Remove { key: key.clone() });
             }
@@ -174,16 +192,26 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .models
             .get(&d.model_name)
             .map(|m| m.unavailable.clone())
-            .unwrap_or_else(|| Some(format!("Model {} is not in this node's catalog.", d.model_name)));
+            .unwrap_or_else(|| {
+                Some(format!(
+                    "Model {} is not in this node's catalog.",
+                    d.model_name
+                ))
+            });
 
         // Scale down: stop the least useful replicas first (starting before ready, newest first).
         if live.len() > want {
             live.sort_by_key(|r| {
-                (matches!(r.state, ReplicaState::Ready), std::cmp::Reverse(r.started_at))
+                (
+                    matches!(r.state, ReplicaState::Ready),
+                    std::cmp::Reverse(r.started_at),
+                )
             });
             let extra = live.len() - want;
             for r in live.drain(..extra) {
-                actions.push(Action::Stop { replica_id: r.id.clone() });
+                actions.push(Action::Stop {
+                    replica_id: r.id.clone(),
+                });
             }
         }
 
@@ -201,12 +229,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             } else if let Some(reason) = &just_failed {
                 status_message = Some(format!("Retrying after a failed start: {reason}"));
             } else if failure.is_some_and(|f| input.now < f.retry_at) {
-                status_message = failure.map(|f| format!("Retrying after a failed start: {}", f.last_reason));
+                status_message =
+                    failure.map(|f| format!("Retrying after a failed start: {}", f.last_reason));
             } else {
                 let free = input.node_units.saturating_sub(used);
                 let fit = ((free / base) as usize).min(missing);
                 for _ in 0..fit {
-                    actions.push(Action::Start { key: key.clone(), model_name: d.model_name.clone() });
+                    actions.push(Action::Start {
+                        key: key.clone(),
+                        model_name: d.model_name.clone(),
+                    });
                 }
                 used += fit as u32 * base;
                 if fit < missing {
@@ -221,8 +253,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         }
 
-        let ready: Vec<&&ObservedReplica> =
-            live.iter().filter(|r| r.state == ReplicaState::Ready).collect();
+        let ready: Vec<&&ObservedReplica> = live
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .collect();
         let ready_capacity = ready.len() as u32 * base;
         let converged = ready.len() == want && live.len() == want;
         let status = if fail_reason.is_some() {
@@ -238,7 +272,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
         let mut endpoints: Vec<Endpoint> = ready
             .iter()
-            .map(|r| Endpoint { replica_id: r.id.clone(), addr: r.addr })
+            .map(|r| Endpoint {
+                replica_id: r.id.clone(),
+                addr: r.addr,
+            })
             .collect();
         endpoints.sort_by(|a, b| a.replica_id.cmp(&b.replica_id));
         routing.entries.insert(
@@ -255,11 +292,21 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         );
         statuses.push((
             key,
-            ObservedStatus { generation: d.generation, status, ready_capacity, fail_reason, status_message },
+            ObservedStatus {
+                generation: d.generation,
+                status,
+                ready_capacity,
+                fail_reason,
+                status_message,
+            },
         ));
     }
 
-    Plan { actions, statuses, routing }
+    Plan {
+        actions,
+        statuses,
+        routing,
+    }
 }
 
 #[cfg(test)]

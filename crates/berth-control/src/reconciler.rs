@@ -91,7 +91,12 @@ impl Reconciler {
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "reconcile pass failed");
             }
-            let next_retry = self.failures.values().map(|f| f.retry_at).filter(|t| *t > Instant::now()).min();
+            let next_retry = self
+                .failures
+                .values()
+                .map(|f| f.retry_at)
+                .filter(|t| *t > Instant::now())
+                .min();
             let sleep = next_retry
                 .map(|t| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(self.settings.resync)
@@ -129,7 +134,14 @@ impl Reconciler {
             .catalog
             .models
             .iter()
-            .map(|m| (m.model_name.clone(), ModelInfo { unavailable: m.missing_weights_reason() }))
+            .map(|m| {
+                (
+                    m.model_name.clone(),
+                    ModelInfo {
+                        unavailable: m.missing_weights_reason(),
+                    },
+                )
+            })
             .collect();
         let now = Instant::now();
         let plan = plan(&PlanInput {
@@ -144,7 +156,12 @@ impl Reconciler {
         });
         let generations: HashMap<Key, i64> = desired
             .iter()
-            .map(|d| ((d.workspace_id.clone(), d.deployed_model.clone()), d.generation))
+            .map(|d| {
+                (
+                    (d.workspace_id.clone(), d.deployed_model.clone()),
+                    d.generation,
+                )
+            })
             .collect();
         let current: HashMap<Key, &Deployment> = desired
             .iter()
@@ -161,7 +178,11 @@ impl Reconciler {
                     }
                 }
                 Action::Stop { replica_id } => self.stop_in_background(replica_id),
-                Action::Forget { replica_id, key, failure } => {
+                Action::Forget {
+                    replica_id,
+                    key,
+                    failure,
+                } => {
                     let _ = self.runtime.stop(&replica_id).await;
                     self.store.remove_replica(&replica_id).await?;
                     if let Some(reason) = failure {
@@ -228,11 +249,16 @@ impl Reconciler {
             port: started.addr.port(),
             started_at: started.started_at,
         };
-        self.store.put_replica(&record).await.map_err(|e| e.to_string())
+        self.store
+            .put_replica(&record)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn stop_in_background(&self, replica_id: String) {
-        let Ok(mut stopping) = self.stopping.lock() else { return };
+        let Ok(mut stopping) = self.stopping.lock() else {
+            return;
+        };
         if !stopping.insert(replica_id.clone()) {
             return;
         }

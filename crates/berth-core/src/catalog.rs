@@ -90,20 +90,43 @@ mod tests {
             model_name: "m".into(),
             display_name: "M".into(),
             weights: PathBuf::from("/models/m.gguf"),
-            engine_command: ["{berth}", "engine", "--model", "{weights}", "--port", "{port}", "--alias", "{alias}", "--ctx", "{ctx}", "--threads", "{threads}", "--parallel", "{parallel}"]
-                .map(String::from)
-                .to_vec(),
+            engine_command: [
+                "{berth}",
+                "engine",
+                "--model",
+                "{weights}",
+                "--port",
+                "{port}",
+                "--alias",
+                "{alias}",
+                "--ctx",
+                "{ctx}",
+                "--threads",
+                "{threads}",
+                "--parallel",
+                "{parallel}",
+            ]
+            .map(String::from)
+            .to_vec(),
             base_capacity: 1,
             context_length: 2048,
             threads: 1,
             parallel: 4,
         };
-        let cmd = m.render_command(&EngineArgs { berth_exe: "/bin/berth", host: "127.0.0.1", port: 9000, alias: "m-a" });
+        let cmd = m.render_command(&EngineArgs {
+            berth_exe: "/bin/berth",
+            host: "127.0.0.1",
+            port: 9000,
+            alias: "m-a",
+        });
         assert_eq!(
             cmd.join(" "),
             "/bin/berth engine --model /models/m.gguf --port 9000 --alias m-a --ctx 2048 --threads 1 --parallel 4"
         );
         assert!(!m.available());
-        assert!(m.missing_weights_reason().unwrap().contains("/models/m.gguf"));
+        assert!(m
+            .missing_weights_reason()
+            .unwrap()
+            .contains("/models/m.gguf"));
     }
 }

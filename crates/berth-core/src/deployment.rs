@@ -235,7 +235,10 @@ mod tests {
             assert!(Suffix::new(bad).is_err(), "{bad}");
         }
         let s = Suffix::new("v2").unwrap();
-        assert_eq!(deployed_model_name("smollm2-135m-instruct", Some(&s)), "smollm2-135m-instruct-v2");
+        assert_eq!(
+            deployed_model_name("smollm2-135m-instruct", Some(&s)),
+            "smollm2-135m-instruct-v2"
+        );
         assert_eq!(deployed_model_name("m", None), "m");
     }
 

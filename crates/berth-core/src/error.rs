@@ -112,7 +112,13 @@ mod tests {
             assert_eq!(code.http_status(), status, "{s}");
             assert_eq!(code.as_str(), s);
         }
-        assert_eq!(ErrorCode::ThrottlingRateQuota.openai_code(), "rate_limit_exceeded");
-        assert_eq!(ErrorCode::ModelUnavailable.openai_code(), "model_unavailable");
+        assert_eq!(
+            ErrorCode::ThrottlingRateQuota.openai_code(),
+            "rate_limit_exceeded"
+        );
+        assert_eq!(
+            ErrorCode::ModelUnavailable.openai_code(),
+            "model_unavailable"
+        );
     }
 }

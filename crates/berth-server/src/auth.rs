@@ -41,7 +41,10 @@ pub struct KeyRing {
 impl KeyRing {
     /// An empty ring over `store`; call [`KeyRing::refresh`] or [`KeyRing::spawn_refresh`].
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, keys: Arc::default() }
+        Self {
+            store,
+            keys: Arc::default(),
+        }
     }
 
     /// Reloads every unrevoked key from the store.
@@ -104,7 +107,8 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let v = v.trim();
-            v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -123,13 +127,19 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
             ));
         }
     }
-    Ok(Caller { key_id: key.id.clone(), workspace_id: key.workspace_id.clone() })
+    Ok(Caller {
+        key_id: key.id.clone(),
+        workspace_id: key.workspace_id.clone(),
+    })
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         authenticate(&parts.headers, state).await
     }
 }

@@ -38,7 +38,9 @@ pub struct GatewayBenchArgs {
 /// Serves until the process ends.
 pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await?);
-    store.insert_api_key(&keys::from_secret(&args.key, "default")).await?;
+    store
+        .insert_api_key(&keys::from_secret(&args.key, "default"))
+        .await?;
     let keys = KeyRing::new(store.clone());
     keys.refresh().await?;
     let gateway = berth_gateway::Gateway::new(berth_gateway::GatewayConfig::default())
@@ -52,13 +54,18 @@ pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, addr)| Endpoint { replica_id: format!("bench-{i}"), addr: *addr })
+            .map(|(i, addr)| Endpoint {
+                replica_id: format!("bench-{i}"),
+                addr: *addr,
+            })
             .collect(),
         rpm_limit: None,
         tpm_limit: None,
     };
     let mut table = RoutingTable::default();
-    table.entries.insert(("default".into(), args.model.clone()), Arc::new(entry));
+    table
+        .entries
+        .insert(("default".into(), args.model.clone()), Arc::new(entry));
     gateway.publish(Arc::new(table));
     let state = AppState::new(AppInner {
         store,
@@ -69,7 +76,10 @@ pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: args.listen,
+            source,
+        })?;
     tracing::info!(addr = %args.listen, upstreams = ?args.upstreams, "gateway bench serving");
     axum::serve(listener, routes::router(state)).await?;
     Ok(())

@@ -95,8 +95,22 @@ fn default_parallel() -> u32 {
 
 /// The engine command the default catalog uses.
 pub const DEFAULT_ENGINE_COMMAND: &[&str] = &[
-    "{berth}", "engine", "--model", "{weights}", "--host", "{host}", "--port", "{port}", "--alias",
-    "{alias}", "--ctx", "{ctx}", "--threads", "{threads}", "--parallel", "{parallel}",
+    "{berth}",
+    "engine",
+    "--model",
+    "{weights}",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--alias",
+    "{alias}",
+    "--ctx",
+    "{ctx}",
+    "--threads",
+    "{threads}",
+    "--parallel",
+    "{parallel}",
 ];
 
 impl Default for Config {
@@ -134,7 +148,10 @@ impl Default for ReconcilerConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { hold_secs: 30.0, hold_queue: 256 }
+        Self {
+            hold_secs: 30.0,
+            hold_queue: 256,
+        }
     }
 }
 
@@ -162,15 +179,22 @@ impl Config {
         let mut config = match file {
             None => Config::default(),
             Some(path) => match std::fs::read_to_string(path) {
-                Err(e) => return Err(ConfigError(vec![format!("cannot read {}: {e}", path.display())])),
+                Err(e) => {
+                    return Err(ConfigError(vec![format!(
+                        "cannot read {}: {e}",
+                        path.display()
+                    )]))
+                }
                 Ok(text) => match toml::from_str::<Config>(&text) {
                     Ok(c) => c,
                     Err(e) => return Err(ConfigError(vec![format!("{}: {e}", path.display())])),
                 },
             },
         };
-        let env: BTreeMap<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with("BERTH_")).collect();
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BERTH_"))
+            .collect();
         for (key, value) in &env {
             if let Err(e) = config.apply_env(key, value) {
                 problems.push(format!("{key}={value:?}: {e}"));
@@ -207,9 +231,13 @@ impl Config {
             "BERTH_BOOTSTRAP_KEY" => self.bootstrap_key = Some(value.to_owned()),
             "BERTH_NODE_CAPACITY_UNITS" => self.node.capacity_units = num(value)?,
             "BERTH_RECONCILER_RESYNC_SECS" => self.reconciler.resync_secs = num(value)?,
-            "BERTH_RECONCILER_MAX_START_FAILURES" => self.reconciler.max_start_failures = num(value)?,
+            "BERTH_RECONCILER_MAX_START_FAILURES" => {
+                self.reconciler.max_start_failures = num(value)?
+            }
             "BERTH_RECONCILER_BACKOFF_SECS" => self.reconciler.backoff_secs = num(value)?,
-            "BERTH_RECONCILER_READY_TIMEOUT_SECS" => self.reconciler.ready_timeout_secs = num(value)?,
+            "BERTH_RECONCILER_READY_TIMEOUT_SECS" => {
+                self.reconciler.ready_timeout_secs = num(value)?
+            }
             "BERTH_RECONCILER_STOP_GRACE_SECS" => self.reconciler.stop_grace_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_SECS" => self.gateway.hold_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_QUEUE" => self.gateway.hold_queue = num(value)?,
@@ -225,13 +253,21 @@ impl Config {
         let secs = [
             ("reconciler.resync_secs", self.reconciler.resync_secs),
             ("reconciler.backoff_secs", self.reconciler.backoff_secs),
-            ("reconciler.ready_timeout_secs", self.reconciler.ready_timeout_secs),
-            ("reconciler.stop_grace_secs", self.reconciler.stop_grace_secs),
+            (
+                "reconciler.ready_timeout_secs",
+                self.reconciler.ready_timeout_secs,
+            ),
+            (
+                "reconciler.stop_grace_secs",
+                self.reconciler.stop_grace_secs,
+            ),
             ("gateway.hold_secs", self.gateway.hold_secs),
         ];
         for (name, v) in secs {
             if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
-                p.push(format!("{name} must be between 0 and 86400 seconds, got {v}"));
+                p.push(format!(
+                    "{name} must be between 0 and 86400 seconds, got {v}"
+                ));
             }
         }
         if self.reconciler.resync_secs < 0.05 {
@@ -249,10 +285,20 @@ impl Config {
                 if !seen.insert(n.clone()) {
                     p.push(format!("models: model_name {n} appears twice"));
                 }
-                if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                if n.is_empty()
+                    || n.len() > 64
+                    || !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
                     p.push(format!("models: model_name {n:?} must be 1 to 64 of letters, digits, '-', '_', '.'"));
                 }
-                for (field, v) in [("base_capacity", m.base_capacity), ("context_length", m.context_length), ("threads", m.threads), ("parallel", m.parallel)] {
+                for (field, v) in [
+                    ("base_capacity", m.base_capacity),
+                    ("context_length", m.context_length),
+                    ("threads", m.threads),
+                    ("parallel", m.parallel),
+                ] {
                     if v == 0 {
                         p.push(format!("models.{n}.{field} must be at least 1"));
                     }
@@ -275,15 +321,22 @@ impl Config {
 
     /// The model catalog: the configured one, or the default.
     pub fn catalog(&self) -> ModelCatalog {
-        let entries = self.models.clone().unwrap_or_else(|| default_models());
+        let entries = self.models.clone().unwrap_or_else(default_models);
         ModelCatalog {
             models: entries
                 .into_iter()
                 .map(|m| CatalogModel {
                     display_name: m.display_name.unwrap_or_else(|| m.model_name.clone()),
-                    weights: if m.weights.is_absolute() { m.weights } else { self.models_dir.join(m.weights) },
+                    weights: if m.weights.is_absolute() {
+                        m.weights
+                    } else {
+                        self.models_dir.join(m.weights)
+                    },
                     engine_command: m.engine_command.unwrap_or_else(|| {
-                        DEFAULT_ENGINE_COMMAND.iter().map(|s| (*s).to_owned()).collect()
+                        DEFAULT_ENGINE_COMMAND
+                            .iter()
+                            .map(|s| (*s).to_owned())
+                            .collect()
                     }),
                     model_name: m.model_name,
                     base_capacity: m.base_capacity,
@@ -329,18 +382,32 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn layers_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("berth.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/from-file\"\n[node]\ncapacity_units = 3\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\ndata_dir = \"/from-file\"\n[node]\ncapacity_units = 3\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(&file),
-            env(&[("BERTH_DATA_DIR", "/from-env"), ("BERTH_NODE_CAPACITY_UNITS", "5"), ("PATH", "/bin")]),
-            &Overrides { data_dir: Some("/from-flag".into()), ..Default::default() },
+            env(&[
+                ("BERTH_DATA_DIR", "/from-env"),
+                ("BERTH_NODE_CAPACITY_UNITS", "5"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                data_dir: Some("/from-flag".into()),
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
@@ -352,7 +419,12 @@ mod tests {
     fn every_problem_reported_at_once() {
         let err = Config::load(
             None,
-            env(&[("BERTH_LISTEN", "nope"), ("BERTH_NODE_CAPACITY_UNITS", "-1"), ("BERTH_TYPO", "1"), ("BERTH_GATEWAY_HOLD_SECS", "-3")]),
+            env(&[
+                ("BERTH_LISTEN", "nope"),
+                ("BERTH_NODE_CAPACITY_UNITS", "-1"),
+                ("BERTH_TYPO", "1"),
+                ("BERTH_GATEWAY_HOLD_SECS", "-3"),
+            ]),
             &Overrides::default(),
         )
         .unwrap_err();
@@ -370,11 +442,19 @@ mod tests {
 
     #[test]
     fn default_catalog_resolves_weights() {
-        let c = Config::load(None, env(&[("BERTH_MODELS_DIR", "/m")]), &Overrides::default()).unwrap();
+        let c = Config::load(
+            None,
+            env(&[("BERTH_MODELS_DIR", "/m")]),
+            &Overrides::default(),
+        )
+        .unwrap();
         let cat = c.catalog();
         assert_eq!(cat.models.len(), 2);
         let m = cat.get("smollm2-135m-instruct").unwrap();
-        assert_eq!(m.weights, PathBuf::from("/m/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_eq!(
+            m.weights,
+            PathBuf::from("/m/SmolLM2-135M-Instruct.Q4_1.gguf")
+        );
         assert_eq!(m.engine_command[1], "engine");
         assert!(cat.get("gemma3-270m").is_some());
     }

@@ -26,7 +26,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -63,7 +67,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = ErrorBody {
-            request_id: CURRENT_REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default(),
+            request_id: CURRENT_REQUEST_ID
+                .try_with(|id| id.clone())
+                .unwrap_or_default(),
             code: self.code.as_str().to_owned(),
             message: self.message,
         };

@@ -32,9 +32,15 @@ use crate::state::{AppInner, AppState};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot open the store at {path}: {source}")]
-    Store { path: PathBuf, source: berth_store::StoreError },
+    Store {
+        path: PathBuf,
+        source: berth_store::StoreError,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -65,7 +71,11 @@ fn secs(v: f64) -> Duration {
 
 /// Runs `berth serve` until `shutdown` is cancelled, then drains: stops accepting, stops the
 /// replicas, and returns.
-pub async fn serve(config: Config, env: ServeEnv, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(
+    config: Config,
+    env: ServeEnv,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
     if let Some(secret) = &config.bootstrap_key {
         let record = keys::from_secret(secret, "default");
@@ -114,12 +124,21 @@ pub async fn serve(config: Config, env: ServeEnv, shutdown: CancellationToken) -
     keys.refresh().await?;
     keys.spawn_refresh(Duration::from_secs(2), shutdown.clone());
 
-    let state = AppState::new(AppInner { store, catalog, keys, nudge, gateway });
+    let state = AppState::new(AppInner {
+        store,
+        catalog,
+        keys,
+        nudge,
+        gateway,
+    });
     let app = routes::router(state);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "berth serving");
 
     let reconciler_stop = CancellationToken::new();

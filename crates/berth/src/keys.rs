@@ -39,7 +39,10 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             keys::validate_workspace(&workspace).map_err(anyhow::Error::msg)?;
             let new = keys::generate(&workspace);
             store.insert_api_key(&new.record).await?;
-            eprintln!("Created key {} in workspace {}. It is shown only once:", new.record.id, workspace);
+            eprintln!(
+                "Created key {} in workspace {}. It is shown only once:",
+                new.record.id, workspace
+            );
             println!("{}", new.secret);
         }
         KeysCommand::List => {

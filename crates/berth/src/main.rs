@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "Self-hosted model deployments that speak Model Studio's API")]
+#[command(
+    name = "berth",
+    version,
+    about = "Self-hosted model deployments that speak Model Studio's API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,8 +61,15 @@ struct ServeArgs {
 
 /// Loads the layered configuration.
 pub fn load_config(args: &ConfigArgs, overrides: Overrides) -> anyhow::Result<Config> {
-    let overrides = Overrides { data_dir: args.data_dir.clone(), ..overrides };
-    Ok(Config::load(args.config.as_deref(), std::env::vars(), &overrides)?)
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..overrides
+    };
+    Ok(Config::load(
+        args.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,7 +91,11 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = load_config(
                 &args.config,
-                Overrides { listen: args.listen, models_dir: args.models_dir, ..Overrides::default() },
+                Overrides {
+                    listen: args.listen,
+                    models_dir: args.models_dir,
+                    ..Overrides::default()
+                },
             )?;
             rt.block_on(serve(config))
         }
@@ -94,14 +109,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .collect();
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    berth_server::serve(config, berth_server::ServeEnv { berth_exe, replica_env }, shutdown).await?;
+    berth_server::serve(
+        config,
+        berth_server::ServeEnv {
+            berth_exe,
+            replica_env,
+        },
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
 async fn stop_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

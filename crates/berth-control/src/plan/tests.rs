@@ -90,14 +90,30 @@ fn run(case: &Case) -> Plan {
     let mut models = HashMap::new();
     models.insert(
         "m".to_string(),
-        ModelInfo { unavailable: case.unavailable.then(|| "weights missing: /x.gguf".to_string()) },
+        ModelInfo {
+            unavailable: case
+                .unavailable
+                .then(|| "weights missing: /x.gguf".to_string()),
+        },
     );
     let failures: HashMap<Key, FailureState> = case
         .failures
         .iter()
         .map(|(k, count, due)| {
-            let retry_at = if *due { now - Duration::from_secs(1) } else { now + Duration::from_secs(60) };
-            (k.clone(), FailureState { generation: 1, count: *count, last_reason: "boom".into(), retry_at })
+            let retry_at = if *due {
+                now - Duration::from_secs(1)
+            } else {
+                now + Duration::from_secs(60)
+            };
+            (
+                k.clone(),
+                FailureState {
+                    generation: 1,
+                    count: *count,
+                    last_reason: "boom".into(),
+                    retry_at,
+                },
+            )
         })
         .collect();
     plan(&PlanInput {
@@ -267,8 +283,16 @@ fn table() {
 
     for case in &cases {
         let p = run(case);
-        let starts = p.actions.iter().filter(|a| matches!(a, Action::Start { .. })).count();
-        assert_eq!(starts, case.expect_starts, "{}: starts {:?}", case.name, p.actions);
+        let starts = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Start { .. }))
+            .count();
+        assert_eq!(
+            starts, case.expect_starts,
+            "{}: starts {:?}",
+            case.name, p.actions
+        );
         let stops: Vec<&str> = p
             .actions
             .iter()
@@ -281,8 +305,17 @@ fn table() {
         let removes = p.actions.iter().any(|a| matches!(a, Action::Remove { .. }));
         assert_eq!(removes, case.expect_remove, "{}", case.name);
         if let Some((status, ready)) = case.expect_status {
-            let (_, st) = p.statuses.iter().find(|(k, _)| k.1 == "a").expect(case.name);
-            assert_eq!((st.status, st.ready_capacity), (status, ready), "{}", case.name);
+            let (_, st) = p
+                .statuses
+                .iter()
+                .find(|(k, _)| k.1 == "a")
+                .expect(case.name);
+            assert_eq!(
+                (st.status, st.ready_capacity),
+                (status, ready),
+                "{}",
+                case.name
+            );
             match case.expect_message {
                 Some(m) => assert!(
                     st.status_message.as_deref().unwrap_or_default().contains(m),
@@ -307,18 +340,45 @@ fn table() {
 
 #[test]
 fn exits_count_as_failures_except_while_deleting() {
-    let exited = || vec![rep("r1", "a", ReplicaState::Exited { reason: "status 1".into() })];
-    let p = run(&Case { desired: vec![dep("a", Status::Running, 1, 1)], observed: exited(), ..Default::default() });
-    assert!(p.actions.contains(&Action::Forget { replica_id: "r1".into(), key: key("a"), failure: Some("status 1".into()) }));
-    let p = run(&Case { desired: vec![dep("a", Status::Deleting, 1, 1)], observed: exited(), ..Default::default() });
-    assert!(p.actions.contains(&Action::Forget { replica_id: "r1".into(), key: key("a"), failure: None }));
+    let exited = || {
+        vec![rep(
+            "r1",
+            "a",
+            ReplicaState::Exited {
+                reason: "status 1".into(),
+            },
+        )]
+    };
+    let p = run(&Case {
+        desired: vec![dep("a", Status::Running, 1, 1)],
+        observed: exited(),
+        ..Default::default()
+    });
+    assert!(p.actions.contains(&Action::Forget {
+        replica_id: "r1".into(),
+        key: key("a"),
+        failure: Some("status 1".into())
+    }));
+    let p = run(&Case {
+        desired: vec![dep("a", Status::Deleting, 1, 1)],
+        observed: exited(),
+        ..Default::default()
+    });
+    assert!(p.actions.contains(&Action::Forget {
+        replica_id: "r1".into(),
+        key: key("a"),
+        failure: None
+    }));
     assert!(p.actions.contains(&Action::Remove { key: key("a") }));
 }
 
 #[test]
 fn routing_lists_only_ready_replicas_of_live_deployments() {
     let p = run(&Case {
-        desired: vec![dep("a", Status::Running, 3, 1), dep("gone", Status::Deleting, 1, 1)],
+        desired: vec![
+            dep("a", Status::Running, 3, 1),
+            dep("gone", Status::Deleting, 1, 1),
+        ],
         observed: vec![
             rep("r2", "a", ReplicaState::Ready),
             rep("r1", "a", ReplicaState::Ready),
@@ -327,7 +387,11 @@ fn routing_lists_only_ready_replicas_of_live_deployments() {
         ..Default::default()
     });
     let entry = p.routing.get("ws", "a").unwrap();
-    let ids: Vec<&str> = entry.endpoints.iter().map(|e| e.replica_id.as_str()).collect();
+    let ids: Vec<&str> = entry
+        .endpoints
+        .iter()
+        .map(|e| e.replica_id.as_str())
+        .collect();
     assert_eq!(ids, ["r1", "r2"]);
     assert!(p.routing.get("ws", "gone").is_none());
 }
@@ -338,7 +402,11 @@ fn older_deployments_get_capacity_first() {
     old.gmt_create = Timestamp(1);
     let mut new = dep("new", Status::Pending, 2, 1);
     new.gmt_create = Timestamp(2);
-    let p = run(&Case { desired: vec![new, old], node_units: 2, ..Default::default() });
+    let p = run(&Case {
+        desired: vec![new, old],
+        node_units: 2,
+        ..Default::default()
+    });
     let started: Vec<&str> = p
         .actions
         .iter()

@@ -129,6 +129,28 @@ pub(super) fn ready_timeout_reason(ready_timeout: Duration) -> String {
     )
 }
 
+/// Kills what is left of a replica recorded by an earlier berth process that did not shut down
+/// cleanly: the process `pid`, if it still runs and its command line names `--port <port>` (so a
+/// reused pid of an unrelated program is never touched), and its process group. Returns whether
+/// anything was signalled.
+pub fn kill_leftover(pid: u32, port: u16) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let port = port.to_string();
+    let ours = args
+        .windows(2)
+        .any(|w| w[0] == b"--port" && w[1] == port.as_bytes());
+    if !ours {
+        return false;
+    }
+    let pgid = Pid::from_raw(pid as i32);
+    kill_group(pgid);
+    let _ = nix::sys::signal::kill(pgid, Signal::SIGKILL);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,26 +231,4 @@ mod tests {
         let err = rt.block_on(async { spawn(&[], &BTreeMap::new()).unwrap_err() });
         assert!(matches!(err, RuntimeError::EmptyCommand));
     }
-}
-
-/// Kills what is left of a replica recorded by an earlier berth process that did not shut down
-/// cleanly: the process `pid`, if it still runs and its command line names `--port <port>` (so a
-/// reused pid of an unrelated program is never touched), and its process group. Returns whether
-/// anything was signalled.
-pub fn kill_leftover(pid: u32, port: u16) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let port = port.to_string();
-    let ours = args
-        .windows(2)
-        .any(|w| w[0] == b"--port" && w[1] == port.as_bytes());
-    if !ours {
-        return false;
-    }
-    let pgid = Pid::from_raw(pid as i32);
-    kill_group(pgid);
-    let _ = nix::sys::signal::kill(pgid, Signal::SIGKILL);
-    true
 }

@@ -43,15 +43,24 @@ pub async fn create(
         }
     }
     let capacity = parse_capacity(req.capacity.as_ref(), model.base_capacity)?;
-    let suffix = req.suffix.as_deref().map(Suffix::new).transpose().map_err(ApiError::invalid)?;
+    let suffix = req
+        .suffix
+        .as_deref()
+        .map(Suffix::new)
+        .transpose()
+        .map_err(ApiError::invalid)?;
     if let Some(name) = &req.name {
         if name.chars().count() > MAX_NAME {
-            return Err(ApiError::invalid(format!("Invalid name: at most {MAX_NAME} characters.")));
+            return Err(ApiError::invalid(format!(
+                "Invalid name: at most {MAX_NAME} characters."
+            )));
         }
     }
     for (field, v) in [("rpm_limit", req.rpm_limit), ("tpm_limit", req.tpm_limit)] {
         if v == Some(0) {
-            return Err(ApiError::invalid(format!("Invalid {field} (0): it must be at least 1.")));
+            return Err(ApiError::invalid(format!(
+                "Invalid {field} (0): it must be at least 1."
+            )));
         }
     }
     if let Some(n) = req.max_context_length {
@@ -92,5 +101,8 @@ pub async fn create(
     };
     tracing::info!(deployment = %created.deployed_model, workspace = %created.workspace_id, capacity = created.capacity, "deployment created");
     state.nudge.nudge();
-    Ok(AxumJson(Success { request_id, output: object(&created) }))
+    Ok(AxumJson(Success {
+        request_id,
+        output: object(&created),
+    }))
 }

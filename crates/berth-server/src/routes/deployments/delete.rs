@@ -27,14 +27,26 @@ pub async fn delete(
 ) -> Result<Json<Success<DeploymentObject>>, ApiError> {
     let current = load(&state, &caller, &name).await?;
     if current.status == Status::Deleting {
-        return Ok(Json(Success { request_id, output: object(&current) }));
+        return Ok(Json(Success {
+            request_id,
+            output: object(&current),
+        }));
     }
     let updated = state
         .store
-        .change_deployment(&caller.workspace_id, &name, DesiredChange::Delete, &caller.key_id, Timestamp::now())
+        .change_deployment(
+            &caller.workspace_id,
+            &name,
+            DesiredChange::Delete,
+            &caller.key_id,
+            Timestamp::now(),
+        )
         .await?
         .ok_or_else(|| ApiError::model_not_found(&name))?;
     tracing::info!(deployment = %name, "deployment deleting");
     state.nudge.nudge();
-    Ok(Json(Success { request_id, output: object(&updated) }))
+    Ok(Json(Success {
+        request_id,
+        output: object(&updated),
+    }))
 }

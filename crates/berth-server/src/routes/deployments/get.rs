@@ -23,5 +23,8 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<Success<DeploymentObject>>, ApiError> {
     let d = load(&state, &caller, &name).await?;
-    Ok(Json(Success { request_id, output: object(&d) }))
+    Ok(Json(Success {
+        request_id,
+        output: object(&d),
+    }))
 }

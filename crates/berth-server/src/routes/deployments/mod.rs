@@ -34,8 +34,14 @@ pub fn router() -> Router<AppState> {
             "/api/v1/deployments/{deployed_model}",
             get(get::get).delete(delete::delete),
         )
-        .route("/api/v1/deployments/{deployed_model}/scale", put(scale::scale))
-        .route("/api/v1/deployments/{deployed_model}/update", put(update::update))
+        .route(
+            "/api/v1/deployments/{deployed_model}/scale",
+            put(scale::scale),
+        )
+        .route(
+            "/api/v1/deployments/{deployed_model}/update",
+            put(update::update),
+        )
 }
 
 /// Validated paging: page number from 1, page size 1..=200.
@@ -49,7 +55,12 @@ impl Page {
     pub const MAX_SIZE: u64 = 200;
 
     pub fn parse(q: &PageQuery, default_size: u64) -> Result<Self, ApiError> {
-        fn field(raw: &Option<String>, name: &str, default: u64, max: u64) -> Result<u64, ApiError> {
+        fn field(
+            raw: &Option<String>,
+            name: &str,
+            default: u64,
+            max: u64,
+        ) -> Result<u64, ApiError> {
             let Some(raw) = raw else { return Ok(default) };
             match raw.trim().parse::<u64>() {
                 Ok(v) if (1..=max).contains(&v) => Ok(v),
@@ -70,7 +81,11 @@ impl Page {
 }
 
 /// Loads a deployment of the caller's workspace, or the upstream 404.
-pub(crate) async fn load(state: &AppState, caller: &Caller, name: &str) -> Result<Deployment, ApiError> {
+pub(crate) async fn load(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<Deployment, ApiError> {
     state
         .store
         .get_deployment(&caller.workspace_id, name)
@@ -101,10 +116,9 @@ pub(crate) fn parse_capacity(
     })?;
     match raw.as_i64() {
         Some(v) => berth_core::Capacity::new(v, base_capacity).map_err(ApiError::invalid),
-        None => Err(ApiError::invalid(berth_core::deployment::invalid_capacity_message(
-            &raw.to_string(),
-            base_capacity,
-        ))),
+        None => Err(ApiError::invalid(
+            berth_core::deployment::invalid_capacity_message(&raw.to_string(), base_capacity),
+        )),
     }
 }
 
@@ -117,14 +131,29 @@ mod tests {
     use super::*;
 
     fn q(no: Option<&str>, size: Option<&str>) -> PageQuery {
-        PageQuery { page_no: no.map(Into::into), page_size: size.map(Into::into) }
+        PageQuery {
+            page_no: no.map(Into::into),
+            page_size: size.map(Into::into),
+        }
     }
 
     #[test]
     fn paging_bounds() {
-        assert_eq!(Page::parse(&q(None, None), 10).unwrap(), Page { no: 1, size: 10 });
-        assert_eq!(Page::parse(&q(Some("3"), Some("200")), 10).unwrap(), Page { no: 3, size: 200 });
-        for (no, size) in [(Some("0"), None), (None, Some("0")), (None, Some("201")), (Some("x"), None), (Some("-1"), None)] {
+        assert_eq!(
+            Page::parse(&q(None, None), 10).unwrap(),
+            Page { no: 1, size: 10 }
+        );
+        assert_eq!(
+            Page::parse(&q(Some("3"), Some("200")), 10).unwrap(),
+            Page { no: 3, size: 200 }
+        );
+        for (no, size) in [
+            (Some("0"), None),
+            (None, Some("0")),
+            (None, Some("201")),
+            (Some("x"), None),
+            (Some("-1"), None),
+        ] {
             assert!(Page::parse(&q(no, size), 10).is_err(), "{no:?} {size:?}");
         }
         assert_eq!(Page { no: 3, size: 20 }.offset(), 40);
@@ -136,8 +165,15 @@ mod tests {
         assert_eq!(parse_capacity(Some(&json!(2)), 1).unwrap().get(), 2);
         for bad in [json!(1.5), json!("2"), json!(-1), json!(1000), json!(null)] {
             let e = parse_capacity(Some(&bad), 1).unwrap_err();
-            assert!(e.message.starts_with("Invalid capacity ("), "{bad}: {}", e.message);
+            assert!(
+                e.message.starts_with("Invalid capacity ("),
+                "{bad}: {}",
+                e.message
+            );
         }
-        assert!(parse_capacity(None, 1).unwrap_err().message.contains("capacity"));
+        assert!(parse_capacity(None, 1)
+            .unwrap_err()
+            .message
+            .contains("capacity"));
     }
 }

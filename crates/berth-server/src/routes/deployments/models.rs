@@ -33,6 +33,11 @@ pub async fn models(
         .collect();
     Ok(Json(Success {
         request_id,
-        output: ModelsPage { models, page_no: page.no, page_size: page.size, total: all.len() as u64 },
+        output: ModelsPage {
+            models,
+            page_no: page.no,
+            page_size: page.size,
+            total: all.len() as u64,
+        },
     }))
 }

@@ -34,7 +34,9 @@ pub async fn scale(
         .change_deployment(
             &caller.workspace_id,
             &name,
-            DesiredChange::Scale { capacity: capacity.get() },
+            DesiredChange::Scale {
+                capacity: capacity.get(),
+            },
             &caller.key_id,
             Timestamp::now(),
         )
@@ -42,5 +44,8 @@ pub async fn scale(
         .ok_or_else(|| ApiError::model_not_found(&name))?;
     tracing::info!(deployment = %name, capacity = capacity.get(), "deployment scaled");
     state.nudge.nudge();
-    Ok(AxumJson(Success { request_id, output: object(&updated) }))
+    Ok(AxumJson(Success {
+        request_id,
+        output: object(&updated),
+    }))
 }

@@ -52,12 +52,18 @@ pub async fn update(
         .change_deployment(
             &caller.workspace_id,
             &name,
-            DesiredChange::Limits { rpm_limit, tpm_limit },
+            DesiredChange::Limits {
+                rpm_limit,
+                tpm_limit,
+            },
             &caller.key_id,
             Timestamp::now(),
         )
         .await?
         .ok_or_else(|| ApiError::model_not_found(&name))?;
     state.nudge.nudge();
-    Ok(AxumJson(Success { request_id, output: object(&updated) }))
+    Ok(AxumJson(Success {
+        request_id,
+        output: object(&updated),
+    }))
 }
