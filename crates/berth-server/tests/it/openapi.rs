@@ -5,7 +5,12 @@ use crate::support::TestApp;
 #[tokio::test]
 async fn served_document_lists_every_route() {
     let app = TestApp::spawn().await;
-    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", app.base)).await.unwrap().json().await.unwrap();
+    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/api/v1/deployments",

@@ -43,10 +43,18 @@ fn model(name: &str, base: u32, weights: PathBuf) -> CatalogModel {
 impl TestApp {
     pub async fn spawn() -> Self {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
-        store.insert_api_key(&keys::from_secret(KEY, "default")).await.unwrap();
-        store.insert_api_key(&keys::from_secret(OTHER_KEY, "other")).await.unwrap();
+        store
+            .insert_api_key(&keys::from_secret(KEY, "default"))
+            .await
+            .unwrap();
+        store
+            .insert_api_key(&keys::from_secret(OTHER_KEY, "other"))
+            .await
+            .unwrap();
         // A weights file that exists (this test file) and one that does not.
-        let present = PathBuf::from(file!()).canonicalize().unwrap_or_else(|_| PathBuf::from("Cargo.toml"));
+        let present = PathBuf::from(file!())
+            .canonicalize()
+            .unwrap_or_else(|_| PathBuf::from("Cargo.toml"));
         let catalog = ModelCatalog {
             models: vec![
                 model("tiny", 1, present),
@@ -66,10 +74,20 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base: format!("http://{addr}"), client: reqwest::Client::new(), store }
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            store,
+        }
     }
 
-    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(k) = key {
             req = req.bearer_auth(k);
@@ -89,8 +107,13 @@ impl TestApp {
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-        Reply { status, headers, body }
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -130,7 +153,11 @@ impl Reply {
     #[track_caller]
     pub fn output(&self) -> &Value {
         assert_eq!(self.status, StatusCode::OK, "{}", self.body);
-        assert!(self.body.get("code").is_none(), "no code on success: {}", self.body);
+        assert!(
+            self.body.get("code").is_none(),
+            "no code on success: {}",
+            self.body
+        );
         self.assert_request_id();
         &self.body["output"]
     }
