@@ -87,8 +87,10 @@ const GET_SQL: &str = concat!(
 
 // Both walk `deployments_by_workspace`: a range scan, backwards for newest first, no sort.
 const COUNT_SQL: &str = "SELECT COUNT(*) FROM deployments WHERE workspace_id = ?1";
+// The workspace's total rides along on every row (an uncorrelated scalar subquery, evaluated
+// once), so a page is one statement on one snapshot, with no transaction round trips.
 const LIST_PAGE_SQL: &str = concat!(
-    "SELECT ",
+    "SELECT (SELECT COUNT(*) FROM deployments WHERE workspace_id = ?1) AS total, ",
     deployment_columns!(),
     " FROM deployments WHERE workspace_id = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3"
 );
@@ -251,19 +253,22 @@ impl Store for SqliteStore {
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<Deployment>, u64)> {
-        // One read transaction, so the page and the total come from the same snapshot.
-        let mut tx = self.pool.begin().await?;
-        let total: i64 = sqlx::query_scalar(COUNT_SQL)
-            .bind(workspace_id)
-            .fetch_one(&mut *tx)
-            .await?;
         let rows = sqlx::query(LIST_PAGE_SQL)
             .bind(workspace_id)
             .bind(saturating_i64(limit))
             .bind(saturating_i64(offset))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        tx.commit().await?;
+        let total: i64 = match rows.first() {
+            Some(row) => column(row, "total")?,
+            // A page past the end carries no rows to read the total from.
+            None => {
+                sqlx::query_scalar(COUNT_SQL)
+                    .bind(workspace_id)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
         let page = rows
             .iter()
             .map(deployment_from_row)
@@ -542,7 +547,11 @@ mod tests {
         let list = plan(&store, LIST_PAGE_SQL).await;
         assert_eq!(
             list,
-            ["SEARCH deployments USING INDEX deployments_by_workspace (workspace_id=?)"]
+            [
+                "SEARCH deployments USING INDEX deployments_by_workspace (workspace_id=?)",
+                "SCALAR SUBQUERY 1",
+                "SEARCH deployments USING COVERING INDEX deployments_by_workspace (workspace_id=?)"
+            ]
         );
         let count = plan(&store, COUNT_SQL).await;
         assert_eq!(
