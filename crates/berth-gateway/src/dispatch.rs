@@ -101,7 +101,7 @@ impl Inner {
                 let guard = InFlight::new(backend.clone());
                 let sent = self
                     .client
-                    .post(&backend.url)
+                    .post(backend.url.clone())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
                     .send()
