@@ -216,9 +216,10 @@ def test_routing_errors(berth_factory):
     data = os.path.join(s.dir.name, "data")
     other = subprocess.run([BERTH_BIN, "keys", "create", "--workspace", "team-b", "--data-dir", data],
                            capture_output=True, text=True, check=True).stdout.strip()
-    r = wait_for(lambda: (lambda r: r if r.status_code != 401 else None)(
-        requests.post(native, headers={"Authorization": f"Bearer {other}"}, json=call, timeout=10)),
-        timeout=10, what="new key usable")
+    # (A 404 `requests.Response` is falsy, so poll by status code.)
+    other_call = lambda: requests.post(native, headers={"Authorization": f"Bearer {other}"}, json=call, timeout=10)
+    wait_for(lambda: other_call().status_code != 401, timeout=10, what="new key usable")
+    r = other_call()
     assert r.status_code == 404 and r.json()["code"] == "ModelNotFound"
 
     # Over rpm: 429 with Retry-After, in both envelopes.
