@@ -218,7 +218,16 @@ def test_routing_errors(berth_factory):
                            capture_output=True, text=True, check=True).stdout.strip()
     # (A 404 `requests.Response` is falsy, so poll by status code.)
     other_call = lambda: requests.post(native, headers={"Authorization": f"Bearer {other}"}, json=call, timeout=10)
-    wait_for(lambda: other_call().status_code != 401, timeout=10, what="new key usable")
+    last = {}
+
+    def key_usable():
+        last["r"] = other_call()
+        return last["r"].status_code != 401
+
+    try:
+        wait_for(key_usable, timeout=20, what="new key usable")
+    except AssertionError:
+        raise AssertionError(f"new key still refused: {last['r'].status_code} {last['r'].text}\n{s.logs()}")
     r = other_call()
     assert r.status_code == 404 and r.json()["code"] == "ModelNotFound"
 
