@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use berth_control::{Reconciler, ReconcilerSettings};
 use berth_runtime::{LocalRuntime, LocalRuntimeConfig};
-use berth_store::{SqliteStore, Store};
+use berth_store::{CachedStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -56,13 +56,26 @@ pub struct ServeEnv {
     pub replica_env: BTreeMap<String, String>,
 }
 
-/// Opens the SQLite store under the data dir.
+/// Opens the SQLite store under the data dir (what `berth keys` uses).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    Ok(Arc::new(open_sqlite(config).await?))
+}
+
+async fn open_sqlite(config: &Config) -> Result<SqliteStore, ServeError> {
     let path = config.database_path();
-    let store = SqliteStore::open(&path)
+    SqliteStore::open(&path)
+        .await
+        .map_err(|source| ServeError::Store { path, source })
+}
+
+/// The store `berth serve` runs on: SQLite with deployments mirrored in memory, so reads of the
+/// API and the reconciler's passes never wait on SQL (this process is their only writer).
+async fn open_serving_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    let path = config.database_path();
+    let cached = CachedStore::new(open_sqlite(config).await?)
         .await
         .map_err(|source| ServeError::Store { path, source })?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(cached))
 }
 
 fn secs(v: f64) -> Duration {
@@ -76,7 +89,7 @@ pub async fn serve(
     env: ServeEnv,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let store = open_store(&config).await?;
+    let store = open_serving_store(&config).await?;
     if let Some(secret) = &config.bootstrap_key {
         let record = keys::from_secret(secret, "default");
         if store.find_api_key(&record.hash).await?.is_none() {

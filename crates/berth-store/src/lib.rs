@@ -3,6 +3,7 @@
 //! SQLite (the embedded default) lives in [`sqlite`]; every backend must pass the conformance
 //! suite in [`conformance`], which is written once and run against each of them.
 
+pub mod cached;
 pub mod conformance;
 pub mod sqlite;
 
@@ -11,6 +12,7 @@ use berth_core::{
     ApiKeyRecord, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp,
 };
 
+pub use cached::CachedStore;
 pub use sqlite::SqliteStore;
 
 /// Errors a store can return.

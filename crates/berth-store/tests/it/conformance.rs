@@ -18,3 +18,41 @@ mod file_backed {
         (store, dir)
     });
 }
+
+mod cached_file_backed {
+    berth_store::store_conformance!(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = berth_store::SqliteStore::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open file store");
+        let cached = berth_store::CachedStore::new(store)
+            .await
+            .expect("load the mirror");
+        (cached, dir)
+    });
+}
+
+/// The mirror starts from what the store already holds, in creation order.
+#[tokio::test]
+async fn cached_store_loads_existing_rows() {
+    use berth_store::conformance::{sample, T0, WS_A};
+    use berth_store::Store;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("berth.db");
+    let store = berth_store::SqliteStore::open(&path).await.expect("open");
+    for name in ["a", "b", "c"] {
+        store
+            .create_deployment(sample(WS_A, name, T0))
+            .await
+            .expect("create");
+    }
+    let cached = berth_store::CachedStore::new(store).await.expect("load");
+    let (page, total) = cached.list_deployments(WS_A, 0, 10).await.expect("list");
+    let names: Vec<&str> = page.iter().map(|d| d.deployed_model.as_str()).collect();
+    assert_eq!((names, total), (vec!["c", "b", "a"], 3));
+    assert!(cached
+        .get_deployment(WS_A, "b")
+        .await
+        .expect("get")
+        .is_some());
+}
