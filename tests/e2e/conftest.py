@@ -49,6 +49,27 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def replica_ports(server) -> list[int]:
+    """Ports of a server's replicas, read from their command lines."""
+    ports = []
+    for _, cmd in server.replicas():
+        parts = cmd.split()
+        if "--port" in parts:
+            ports.append(int(parts[parts.index("--port") + 1]))
+    return ports
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    """Polls `predicate` until it returns something truthy; returns that."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class BerthServer:
     """A running `berth serve` with its own data dir, port and bootstrap key."""
 

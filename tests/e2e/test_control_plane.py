@@ -4,31 +4,10 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 
-import pytest
 import requests
 
-from conftest import BERTH_BIN, SMOLLM, children_of, pid_alive, stub_config
-
-
-def replica_ports(server) -> list[int]:
-    ports = []
-    for _, cmd in server.replicas():
-        parts = cmd.split()
-        if "--port" in parts:
-            ports.append(int(parts[parts.index("--port") + 1]))
-    return ports
-
-
-def wait_for(predicate, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from conftest import BERTH_BIN, SMOLLM, pid_alive, replica_ports, stub_config, wait_for
 
 
 def test_lifecycle_follows_real_processes(berth_factory):
@@ -229,7 +208,6 @@ def test_bad_config_reports_every_problem():
 
 
 def test_replicas_of_a_killed_server_are_cleaned_up_on_restart(berth_factory):
-    from conftest import BerthServer
     config = stub_config(start_delay_ms=0)
     s = berth_factory(config)
     s.api("POST", "/api/v1/deployments", json={"model_name": "stub-model", "capacity": 1})

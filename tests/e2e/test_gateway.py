@@ -10,22 +10,13 @@ import time
 import pytest
 import requests
 
-from conftest import BERTH_BIN, SMOLLM, stub_config
+from conftest import BERTH_BIN, SMOLLM, replica_ports, stub_config, wait_for
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [
     {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
     {"role": "user", "content": "What is the capital of France?"},
 ]
-
-
-def replica_ports(server) -> list[int]:
-    ports = []
-    for _, cmd in server.replicas():
-        parts = cmd.split()
-        if "--port" in parts:
-            ports.append(int(parts[parts.index("--port") + 1]))
-    return ports
 
 
 def requests_served(port: int) -> int:
@@ -37,16 +28,6 @@ def requests_served(port: int) -> int:
         if m:
             total += int(m.group(2))
     return total
-
-
-def wait_for(predicate, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def real_model_config(hold_secs: float = 60) -> str:
