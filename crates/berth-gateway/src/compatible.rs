@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use memchr::memmem;
 
-use crate::dispatch::{Accounting, Dispatched};
+use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, UpstreamChunks};
 use crate::error::GatewayError;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
@@ -59,11 +59,11 @@ impl Gateway {
             .await?;
         let status = resp.status().as_u16();
         if !resp.status().is_success() {
-            let bytes = resp.bytes().await.map_err(GatewayError::Upstream)?;
+            let bytes = read_body(resp).await?;
             return Ok(GatewayResponse::full(status, JSON, bytes));
         }
         if stream {
-            let upstream = Box::pin(resp.bytes_stream());
+            let upstream = body_chunks(resp);
             let body = UsageTap {
                 upstream,
                 frames: Frames::default(),
@@ -74,7 +74,7 @@ impl Gateway {
             };
             return Ok(GatewayResponse::stream(EVENT_STREAM, Box::pin(body)));
         }
-        let bytes = resp.bytes().await.map_err(GatewayError::Upstream)?;
+        let bytes = read_body(resp).await?;
         drop(guard);
         if let Ok(UsagePeek { usage: Some(u), .. }) = serde_json::from_slice(&bytes) {
             usage.record(u.total_tokens);
@@ -104,7 +104,7 @@ fn with_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, GatewayEr
 
 /// Forwards an upstream SSE stream event by event, reading the usage chunk on the way.
 struct UsageTap {
-    upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    upstream: UpstreamChunks,
     frames: Frames,
     strip_usage: bool,
     usage: Accounting,
@@ -154,7 +154,7 @@ impl Stream for UsageTap {
             if this.ended {
                 return Poll::Ready(None);
             }
-            match this.upstream.as_mut().poll_next(cx) {
+            match Pin::new(&mut this.upstream).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     let complete = this.frames.push(chunk);
@@ -168,7 +168,7 @@ impl Stream for UsageTap {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;
-                    return Poll::Ready(Some(Err(GatewayError::Upstream(e))));
+                    return Poll::Ready(Some(Err(GatewayError::Upstream(e.into()))));
                 }
                 Poll::Ready(None) => {
                     this.ended = true;

@@ -11,6 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::balance::Balancer;
@@ -24,13 +30,35 @@ pub(crate) struct Inner {
     pub config: GatewayConfig,
     pub routes: Routes,
     pub balancer: Arc<dyn Balancer>,
-    pub client: reqwest::Client,
+    pub client: Client<HttpConnector, Full<Bytes>>,
     pub clock: Clock,
+}
+
+/// A replica's response; its body is read as it arrives.
+pub(crate) type Upstream = http::Response<Incoming>;
+
+/// A replica's response body as a stream of data chunks. Dropping it closes the connection to
+/// the replica (a half-read HTTP/1.1 response cannot go back to the pool).
+pub(crate) type UpstreamChunks = BodyDataStream<Incoming>;
+
+/// Reads a replica's whole response body.
+pub(crate) async fn read_body(resp: Upstream) -> Result<Bytes, GatewayError> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| GatewayError::Upstream(e.into()))?
+        .to_bytes())
+}
+
+/// A replica's response body, chunk by chunk as it arrives.
+pub(crate) fn body_chunks(resp: Upstream) -> UpstreamChunks {
+    resp.into_body().into_data_stream()
 }
 
 /// A request that reached a replica: its response head, and what must live as long as the body.
 pub(crate) struct Dispatched {
-    pub resp: reqwest::Response,
+    pub resp: Upstream,
     pub guard: InFlight,
     pub usage: Accounting,
 }
@@ -64,14 +92,15 @@ impl Drop for QueueSlot {
 
 impl Inner {
     pub fn new(config: GatewayConfig, balancer: Arc<dyn Balancer>) -> Result<Self, GatewayError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
+        // hyper's HTTP/1.1 client with a keep-alive pool, driven directly: no proxy lookup, no
+        // redirect or timeout layers, no URL conversion per request.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .http1_only()
-            .no_proxy()
-            .build()
-            .map_err(GatewayError::Client)?;
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Ok(Self {
             config,
             routes: Routes::new(),
@@ -99,13 +128,12 @@ impl Inner {
             }
             if let Some(backend) = self.balancer.pick(&route.backends, now) {
                 let guard = InFlight::new(backend.clone());
-                let sent = self
-                    .client
-                    .post(backend.url.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
+                let mut req = http::Request::new(Full::new(body.clone()));
+                *req.method_mut() = http::Method::POST;
+                *req.uri_mut() = backend.url.clone();
+                req.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let sent = self.client.request(req).await;
                 match sent {
                     Ok(resp) => {
                         let usage = Accounting {
@@ -128,7 +156,7 @@ impl Inner {
                         );
                         continue;
                     }
-                    Err(e) => return Err(GatewayError::Upstream(e)),
+                    Err(e) => return Err(GatewayError::Upstream(e.into())),
                 }
             }
             // No replica to send to. Subscribe first, then look again, so a publish between

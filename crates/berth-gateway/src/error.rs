@@ -22,16 +22,13 @@ pub enum GatewayError {
     RateLimited { retry_after: u64 },
     /// The replica could not be reached or broke off the response.
     #[error("Failed to request model service.")]
-    Upstream(#[source] reqwest::Error),
+    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The replica answered with an error status.
     #[error("{message}")]
     UpstreamStatus { status: u16, message: String },
     /// The replica answered something that is not the OpenAI API.
     #[error("Failed to request model service: {0}")]
     UpstreamProtocol(String),
-    /// The gateway could not be built (bad client configuration).
-    #[error("cannot build the upstream HTTP client")]
-    Client(#[source] reqwest::Error),
 }
 
 impl GatewayError {
@@ -48,9 +45,7 @@ impl GatewayError {
                 503 => ErrorCode::ModelUnavailable,
                 _ => ErrorCode::InternalError,
             },
-            Self::Upstream(_) | Self::UpstreamProtocol(_) | Self::Client(_) => {
-                ErrorCode::InternalError
-            }
+            Self::Upstream(_) | Self::UpstreamProtocol(_) => ErrorCode::InternalError,
         }
     }
 

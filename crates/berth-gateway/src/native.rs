@@ -26,7 +26,7 @@ use berth_core::ErrorCode;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 
-use crate::dispatch::{Accounting, Dispatched};
+use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, Upstream, UpstreamChunks};
 use crate::error::GatewayError;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
@@ -65,7 +65,7 @@ impl Gateway {
         }
         if stream {
             let body = NativeStream {
-                upstream: Box::pin(resp.bytes_stream()),
+                upstream: body_chunks(resp),
                 frames: Frames::default(),
                 usage,
                 _guard: guard,
@@ -82,7 +82,7 @@ impl Gateway {
             };
             return Ok(GatewayResponse::stream(EVENT_STREAM, Box::pin(body)));
         }
-        let bytes = resp.bytes().await.map_err(GatewayError::Upstream)?;
+        let bytes = read_body(resp).await?;
         drop(guard);
         let done: ChatCompletion = serde_json::from_slice(&bytes)
             .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
@@ -214,10 +214,9 @@ fn output<'a>(format: Format, text: &'a str, finish_reason: &'a str) -> Output<'
 }
 
 /// A replica's error status as a native error, with its message when it sent one.
-async fn upstream_error(resp: reqwest::Response) -> GatewayError {
+async fn upstream_error(resp: Upstream) -> GatewayError {
     let status = resp.status().as_u16();
-    let message = resp
-        .bytes()
+    let message = read_body(resp)
         .await
         .ok()
         .and_then(|b| serde_json::from_slice::<ErrorPeek>(&b).ok())
@@ -228,7 +227,7 @@ async fn upstream_error(resp: reqwest::Response) -> GatewayError {
 
 /// Translates an upstream OpenAI stream into native events, one per content chunk.
 struct NativeStream {
-    upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    upstream: UpstreamChunks,
     frames: Frames,
     usage: Accounting,
     _guard: InFlight,
@@ -365,7 +364,7 @@ impl Stream for NativeStream {
                 return Poll::Ready(None);
             }
             let mut out = BytesMut::new();
-            match this.upstream.as_mut().poll_next(cx) {
+            match Pin::new(&mut this.upstream).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     let complete = this.frames.push(chunk);

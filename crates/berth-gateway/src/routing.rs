@@ -26,7 +26,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `http://ADDR/v1/chat/completions`, parsed once (a URL parse per request costs more
     /// than the rest of the routing decision).
-    pub(crate) url: reqwest::Url,
+    pub(crate) url: http::Uri,
     in_flight: AtomicU32,
     /// Clock reading (see [`Clock`]) until which the replica is skipped; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -35,8 +35,8 @@ pub struct Backend {
 impl Backend {
     pub fn new(replica_id: String, addr: SocketAddr) -> Self {
         Self {
-            url: reqwest::Url::parse(&format!("http://{addr}/v1/chat/completions"))
-                .expect("a socket address makes a valid URL"),
+            url: http::Uri::try_from(format!("http://{addr}/v1/chat/completions"))
+                .expect("a socket address makes a valid URI"),
             replica_id,
             addr,
             in_flight: AtomicU32::new(0),
