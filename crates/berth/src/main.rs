@@ -9,11 +9,6 @@ use berth_server::config::{Config, Overrides};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc malloc: the gateway allocates and frees many small, short-lived
-/// buffers per request (headers, bodies, futures), and glibc malloc/free was ~15 % of its CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
