@@ -19,6 +19,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
+    /// The server's key ring, so tests can trigger the periodic refresh.
+    pub keys: KeyRing,
 }
 
 pub struct Reply {
@@ -63,6 +65,7 @@ impl TestApp {
         };
         let keys = KeyRing::new(store.clone());
         keys.refresh().await.unwrap();
+        let ring = keys.clone();
         let state = AppState::new(AppInner {
             store: store.clone(),
             catalog: Arc::new(catalog),
@@ -77,6 +80,7 @@ impl TestApp {
         Self {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
+            keys: ring,
             store,
         }
     }
