@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use memchr::memmem;
 
-use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, UpstreamChunks};
+use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, Reply, UpstreamChunks};
 use crate::error::GatewayError;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
@@ -53,33 +53,42 @@ impl Gateway {
         } else {
             body.clone()
         };
-        let Dispatched { resp, guard, usage } = self
+        let Dispatched {
+            reply,
+            guard,
+            usage,
+        } = self
             .inner
-            .dispatch(workspace_id, &peek.model, upstream_body)
+            .dispatch(workspace_id, &peek.model, upstream_body, stream)
             .await?;
+        let resp = match reply {
+            Reply::Whole(answer) => {
+                drop(guard);
+                if answer.status == 200 {
+                    if let Ok(UsagePeek { usage: Some(u), .. }) =
+                        serde_json::from_slice(&answer.body)
+                    {
+                        usage.record(u.total_tokens);
+                    }
+                }
+                return Ok(GatewayResponse::full(answer.status, JSON, answer.body));
+            }
+            Reply::Streaming(resp) => resp,
+        };
         let status = resp.status().as_u16();
         if !resp.status().is_success() {
             let bytes = read_body(resp).await?;
             return Ok(GatewayResponse::full(status, JSON, bytes));
         }
-        if stream {
-            let upstream = body_chunks(resp);
-            let body = UsageTap {
-                upstream,
-                frames: Frames::default(),
-                strip_usage: !client_wants_usage,
-                usage,
-                _guard: guard,
-                ended: false,
-            };
-            return Ok(GatewayResponse::stream(EVENT_STREAM, Box::pin(body)));
-        }
-        let bytes = read_body(resp).await?;
-        drop(guard);
-        if let Ok(UsagePeek { usage: Some(u), .. }) = serde_json::from_slice(&bytes) {
-            usage.record(u.total_tokens);
-        }
-        Ok(GatewayResponse::full(status, JSON, bytes))
+        let body = UsageTap {
+            upstream: body_chunks(resp),
+            frames: Frames::default(),
+            strip_usage: !client_wants_usage,
+            usage,
+            _guard: guard,
+            ended: false,
+        };
+        Ok(GatewayResponse::stream(EVENT_STREAM, Box::pin(body)))
     }
 }
 

@@ -5,6 +5,9 @@
 //! to publishes and wait, in a bounded per-deployment queue, until the hold time runs out.
 //! A replica that refuses the connection (nothing was sent) is ejected and the request tries
 //! another; any failure after the request went out is final.
+//!
+//! Streamed calls go through hyper's pooled client, which hands chunks over as they arrive;
+//! whole answers through [`crate::upstream`], which does the exchange in the calling task.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,8 +24,15 @@ use tokio::time::Instant;
 
 use crate::balance::Balancer;
 use crate::error::GatewayError;
-use crate::routing::{Clock, DeploymentState, InFlight, Route, Routes};
+use crate::routing::{Backend, Clock, DeploymentState, InFlight, Route, Routes};
+use crate::upstream::{self, Answer};
 use crate::GatewayConfig;
+
+/// The path every replica serves chat completions on.
+pub(crate) const CHAT_PATH: &str = "/v1/chat/completions";
+
+/// How long an idle connection to a replica is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The shared state behind [`crate::Gateway`].
 #[derive(Debug)]
@@ -56,11 +66,25 @@ pub(crate) fn body_chunks(resp: Upstream) -> UpstreamChunks {
     resp.into_body().into_data_stream()
 }
 
-/// A request that reached a replica: its response head, and what must live as long as the body.
+/// What a replica answered: a response whose body is still arriving, or a whole answer.
+pub(crate) enum Reply {
+    Streaming(Upstream),
+    Whole(Answer),
+}
+
+/// A request that reached a replica: its answer, and what must live as long as the answer.
 pub(crate) struct Dispatched {
-    pub resp: Upstream,
+    pub reply: Reply,
     pub guard: InFlight,
     pub usage: Accounting,
+}
+
+/// Why sending to one replica failed.
+enum SendFailure {
+    /// Nothing reached the replica; another may be tried.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// Final.
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Charges the tokens of one response to its deployment, once.
@@ -98,7 +122,7 @@ impl Inner {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
         Ok(Self {
@@ -110,12 +134,14 @@ impl Inner {
         })
     }
 
-    /// Sends `body` to a ready replica of `deployed_model` in `workspace_id`.
+    /// Sends `body` to a ready replica of `deployed_model` in `workspace_id`; with `stream`,
+    /// returns as soon as the response head is in, otherwise with the whole answer.
     pub async fn dispatch(
         &self,
         workspace_id: &str,
         deployed_model: &str,
         body: Bytes,
+        stream: bool,
     ) -> Result<Dispatched, GatewayError> {
         let mut admitted = false;
         let mut waiter: Option<(tokio::sync::watch::Receiver<u64>, QueueSlot, Instant)> = None;
@@ -128,22 +154,25 @@ impl Inner {
             }
             if let Some(backend) = self.balancer.pick(&route.backends, now) {
                 let guard = InFlight::new(backend.clone());
-                let mut req = http::Request::new(Full::new(body.clone()));
-                *req.method_mut() = http::Method::POST;
-                *req.uri_mut() = backend.url.clone();
-                req.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                let sent = self.client.request(req).await;
+                let sent = if stream {
+                    self.send_streaming(backend, body.clone()).await
+                } else {
+                    self.send_whole(backend, &body).await
+                };
                 match sent {
-                    Ok(resp) => {
+                    Ok(reply) => {
                         let usage = Accounting {
                             state: route.state.clone(),
                             tpm_limit: route.entry.tpm_limit,
                             clock: self.clock,
                         };
-                        return Ok(Dispatched { resp, guard, usage });
+                        return Ok(Dispatched {
+                            reply,
+                            guard,
+                            usage,
+                        });
                     }
-                    Err(e) if e.is_connect() => {
+                    Err(SendFailure::Connect(e)) => {
                         // Nothing reached the replica: skip it for a while and try another.
                         let until = now + self.config.eject_for.as_nanos() as u64;
                         backend.eject_until(until);
@@ -156,7 +185,7 @@ impl Inner {
                         );
                         continue;
                     }
-                    Err(e) => return Err(GatewayError::Upstream(e.into())),
+                    Err(SendFailure::Other(e)) => return Err(GatewayError::Upstream(e)),
                 }
             }
             // No replica to send to. Subscribe first, then look again, so a publish between
@@ -185,6 +214,31 @@ impl Inner {
                 );
                 return Err(self.unavailable());
             }
+        }
+    }
+
+    async fn send_streaming(&self, backend: &Backend, body: Bytes) -> Result<Reply, SendFailure> {
+        let mut req = http::Request::new(Full::new(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = backend.url.clone();
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self.client.request(req).await {
+            Ok(resp) => Ok(Reply::Streaming(resp)),
+            Err(e) if e.is_connect() => Err(SendFailure::Connect(e.into())),
+            Err(e) => Err(SendFailure::Other(e.into())),
+        }
+    }
+
+    async fn send_whole(&self, backend: &Backend, body: &[u8]) -> Result<Reply, SendFailure> {
+        let settings = upstream::Settings {
+            connect_timeout: self.config.connect_timeout,
+            idle_timeout: IDLE_TIMEOUT,
+        };
+        match upstream::post(&backend.idle, backend.addr, CHAT_PATH, body, settings).await {
+            Ok(answer) => Ok(Reply::Whole(answer)),
+            Err(e) if e.is_connect() => Err(SendFailure::Connect(e.into())),
+            Err(e) => Err(SendFailure::Other(e.into())),
         }
     }
 

@@ -22,6 +22,7 @@ mod limit;
 mod native;
 mod routing;
 mod sse;
+mod upstream;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -26,7 +26,7 @@ use berth_core::ErrorCode;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 
-use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, Upstream, UpstreamChunks};
+use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, Reply, UpstreamChunks};
 use crate::error::GatewayError;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
@@ -56,34 +56,47 @@ impl Gateway {
         let (format, incremental) = validate(&req)?;
         let upstream = serde_json::to_vec(&to_chat(&req, stream))
             .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
-        let Dispatched { resp, guard, usage } = self
+        let Dispatched {
+            reply,
+            guard,
+            usage,
+        } = self
             .inner
-            .dispatch(workspace_id, &req.model, upstream.into())
+            .dispatch(workspace_id, &req.model, upstream.into(), stream)
             .await?;
-        if !resp.status().is_success() {
-            return Err(upstream_error(resp).await);
-        }
-        if stream {
-            let body = NativeStream {
-                upstream: body_chunks(resp),
-                frames: Frames::default(),
-                usage,
-                _guard: guard,
-                request_id: request_id.to_owned(),
-                format,
-                incremental,
-                next_id: 0,
-                text: String::new(),
-                output_tokens: 0,
-                upstream_usage: None,
-                finish: None,
-                finished: false,
-                upstream_done: false,
-            };
-            return Ok(GatewayResponse::stream(EVENT_STREAM, Box::pin(body)));
-        }
-        let bytes = read_body(resp).await?;
-        drop(guard);
+        let bytes = match reply {
+            Reply::Streaming(resp) => {
+                if !resp.status().is_success() {
+                    let status = resp.status().as_u16();
+                    let body = read_body(resp).await.unwrap_or_default();
+                    return Err(upstream_error(status, &body));
+                }
+                let body = NativeStream {
+                    upstream: body_chunks(resp),
+                    frames: Frames::default(),
+                    usage,
+                    _guard: guard,
+                    request_id: request_id.to_owned(),
+                    format,
+                    incremental,
+                    next_id: 0,
+                    text: String::new(),
+                    output_tokens: 0,
+                    upstream_usage: None,
+                    finish: None,
+                    finished: false,
+                    upstream_done: false,
+                };
+                return Ok(GatewayResponse::stream(EVENT_STREAM, Box::pin(body)));
+            }
+            Reply::Whole(answer) => {
+                drop(guard);
+                if !(200..300).contains(&answer.status) {
+                    return Err(upstream_error(answer.status, &answer.body));
+                }
+                answer.body
+            }
+        };
         let done: ChatCompletion = serde_json::from_slice(&bytes)
             .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
         let u = done.usage.unwrap_or_default();
@@ -214,12 +227,9 @@ fn output<'a>(format: Format, text: &'a str, finish_reason: &'a str) -> Output<'
 }
 
 /// A replica's error status as a native error, with its message when it sent one.
-async fn upstream_error(resp: Upstream) -> GatewayError {
-    let status = resp.status().as_u16();
-    let message = read_body(resp)
-        .await
+fn upstream_error(status: u16, body: &[u8]) -> GatewayError {
+    let message = serde_json::from_slice::<ErrorPeek>(body)
         .ok()
-        .and_then(|b| serde_json::from_slice::<ErrorPeek>(&b).ok())
         .and_then(|e| e.error.message)
         .unwrap_or_else(|| format!("The model service answered HTTP {status}."));
     GatewayError::UpstreamStatus { status, message }

@@ -17,7 +17,9 @@ use arc_swap::ArcSwap;
 use berth_core::{RoutingEntry, RoutingTable, Status};
 use tokio::sync::watch;
 
+use crate::dispatch::CHAT_PATH;
 use crate::limit::Window;
+use crate::upstream::IdleConns;
 
 /// One ready replica of a deployment, as the balancer sees it.
 #[derive(Debug)]
@@ -27,6 +29,8 @@ pub struct Backend {
     /// `http://ADDR/v1/chat/completions`, parsed once (a URL parse per request costs more
     /// than the rest of the routing decision).
     pub(crate) url: http::Uri,
+    /// Idle keep-alive connections for whole (non-streamed) answers.
+    pub(crate) idle: IdleConns,
     in_flight: AtomicU32,
     /// Clock reading (see [`Clock`]) until which the replica is skipped; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -35,8 +39,9 @@ pub struct Backend {
 impl Backend {
     pub fn new(replica_id: String, addr: SocketAddr) -> Self {
         Self {
-            url: http::Uri::try_from(format!("http://{addr}/v1/chat/completions"))
+            url: http::Uri::try_from(format!("http://{addr}{CHAT_PATH}"))
                 .expect("a socket address makes a valid URI"),
+            idle: IdleConns::default(),
             replica_id,
             addr,
             in_flight: AtomicU32::new(0),

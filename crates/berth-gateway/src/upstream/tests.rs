@@ -1,0 +1,244 @@
+//! The replica client against scripted replicas on real sockets: each test server answers every
+//! request it reads with the next canned reply and counts connections and requests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+const SETTINGS: Settings = Settings {
+    connect_timeout: Duration::from_secs(1),
+    idle_timeout: Duration::from_secs(60),
+};
+
+/// What a scripted replica does after reading one request.
+#[derive(Clone)]
+enum Reply {
+    /// Write these bytes and keep the connection.
+    Send(&'static [u8]),
+    /// Write these bytes and close.
+    SendClose(&'static [u8]),
+    /// Close without answering.
+    Close,
+}
+
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// A replica that answers its requests, in order, with `replies` (the last one repeats).
+async fn replica(replies: Vec<Reply>) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            counts.connections.fetch_add(1, Ordering::SeqCst);
+            let counts = counts.clone();
+            let replies = replies.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = read_request(&mut conn, &mut buf).await else {
+                        return;
+                    };
+                    buf.drain(..end);
+                    let i = counts.requests.fetch_add(1, Ordering::SeqCst);
+                    match &replies[i.min(replies.len() - 1)] {
+                        Reply::Send(b) => conn.write_all(b).await.unwrap(),
+                        Reply::SendClose(b) => {
+                            conn.write_all(b).await.unwrap();
+                            return;
+                        }
+                        Reply::Close => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Reads one whole request (head + Content-Length body); its length in `buf`.
+async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            let len: usize = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .unwrap_or(0);
+            assert_eq!(req.method, Some("POST"));
+            if buf.len() >= n + len {
+                return Some(n + len);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn call(idle: &IdleConns, addr: SocketAddr) -> Result<Answer, SendError> {
+    post(idle, addr, "/v1/chat/completions", br#"{"a":1}"#, SETTINGS).await
+}
+
+const OK: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused() {
+    let (addr, seen) = replica(vec![Reply::Send(OK)]).await;
+    let idle = IdleConns::default();
+    for _ in 0..5 {
+        let a = call(&idle, addr).await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(&a.body[..], br#"{"ok":true}"#);
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_decoded_with_their_trailers_skipped() {
+    let reply = b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\nA;ext=1\r\n:[1,2,3,4]\r\n1\r\n}\r\n0\r\nx-trailer: 1\r\n\r\n";
+    let (addr, seen) = replica(vec![Reply::Send(reply)]).await;
+    let idle = IdleConns::default();
+    for _ in 0..2 {
+        let a = call(&idle, addr).await.unwrap();
+        assert_eq!(a.status, 201);
+        assert_eq!(&a.body[..], br#"{"a":[1,2,3,4]}"#);
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn close_delimited_and_connection_close_answers_are_not_pooled() {
+    let (addr, seen) = replica(vec![
+        Reply::SendClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"),
+        Reply::SendClose(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi"),
+        Reply::Send(OK),
+    ])
+    .await;
+    let idle = IdleConns::default();
+    assert_eq!(&call(&idle, addr).await.unwrap().body[..], b"until the end");
+    assert_eq!(&call(&idle, addr).await.unwrap().body[..], b"hi");
+    assert_eq!(call(&idle, addr).await.unwrap().status, 200);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn error_statuses_come_back_with_their_body() {
+    let (addr, _) = replica(vec![Reply::Send(
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\nnope!",
+    )])
+    .await;
+    let a = call(&IdleConns::default(), addr).await.unwrap();
+    assert_eq!((a.status, &a.body[..]), (400, &b"nope!"[..]));
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped() {
+    let (addr, _) = replica(vec![Reply::Send(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let a = call(&IdleConns::default(), addr).await.unwrap();
+    assert_eq!((a.status, &a.body[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let e = call(&IdleConns::default(), addr).await.unwrap_err();
+    assert!(e.is_connect(), "{e}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_replica_closed_is_replaced_before_sending() {
+    // The replica answers, then closes the connection while it sits in the pool.
+    let (addr, seen) = replica(vec![Reply::SendClose(OK), Reply::Send(OK)]).await;
+    let idle = IdleConns::default();
+    // `OK` has no `connection: close`, so the client pools the connection.
+    call(&idle, addr).await.unwrap();
+    assert_eq!(idle.conns.lock().unwrap().len(), 1);
+    // Let the reactor see the close.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let a = call(&idle, addr).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_replica_that_drops_the_request_is_an_error_and_the_request_is_not_resent() {
+    let (addr, seen) = replica(vec![Reply::Close]).await;
+    let e = call(&IdleConns::default(), addr).await.unwrap_err();
+    assert!(!e.is_connect(), "{e}");
+    assert!(e.to_string().contains("without answering"), "{e}");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn answers_cut_short_are_errors() {
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nshort",
+        b"HTTP/1.1 200 OK\r\ncontent-le",
+    ] {
+        let (addr, _) = replica(vec![Reply::SendClose(reply)]).await;
+        let e = call(&IdleConns::default(), addr).await.unwrap_err();
+        assert!(matches!(e, SendError::Io { .. }), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_answers_are_protocol_errors() {
+    for reply in [
+        &b"SMTP ready\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 999999999999\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
+    ] {
+        let (addr, _) = replica(vec![Reply::SendClose(reply)]).await;
+        let e = call(&IdleConns::default(), addr).await.unwrap_err();
+        assert!(
+            matches!(e, SendError::Protocol { .. }),
+            "{}: {e}",
+            String::from_utf8_lossy(reply)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_response_head_that_never_ends_is_refused() {
+    static LONG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let head = LONG.get_or_init(|| {
+        let mut v = b"HTTP/1.1 200 OK\r\n".to_vec();
+        v.extend(std::iter::repeat_n(b"x-pad: 0123456789\r\n", 2000).flatten());
+        v
+    });
+    let (addr, _) = replica(vec![Reply::Send(head)]).await;
+    let e = call(&IdleConns::default(), addr).await.unwrap_err();
+    assert!(matches!(e, SendError::Protocol { .. }), "{e}");
+}
