@@ -2,8 +2,9 @@
 //! is answered in the OpenAI envelope `{"error": {message, type, param, code}}`.
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_api::envelope::{OpenAiError, OpenAiErrorBody};
 use berth_api::openai::{Model, ModelList};
@@ -44,27 +45,39 @@ impl IntoResponse for OpenAiApiError {
     }
 }
 
-async fn caller(headers: &HeaderMap, state: &AppState) -> Result<Caller, OpenAiApiError> {
-    authenticate(headers, state).await.map_err(|e| {
-        if e.code == berth_core::ErrorCode::InvalidApiKey {
-            // OpenAI's wording, which its SDKs and users recognise.
-            OpenAiApiError(ApiError {
-                message: "Incorrect API key provided.".into(),
-                ..e
+/// The caller of an OpenAI-compatible route; authentication failures in the OpenAI envelope.
+pub struct OpenAiCaller(pub Caller);
+
+impl FromRequestParts<AppState> for OpenAiCaller {
+    type Rejection = OpenAiApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(&parts.headers, state)
+            .await
+            .map(OpenAiCaller)
+            .map_err(|e| {
+                if e.code == berth_core::ErrorCode::InvalidApiKey {
+                    // OpenAI's wording, which its SDKs and users recognise.
+                    OpenAiApiError(ApiError {
+                        message: "Incorrect API key provided.".into(),
+                        ..e
+                    })
+                } else {
+                    OpenAiApiError(e)
+                }
             })
-        } else {
-            OpenAiApiError(e)
-        }
-    })
+    }
 }
 
 /// `POST /compatible-mode/v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    OpenAiCaller(caller): OpenAiCaller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiApiError> {
-    let caller = caller(&headers, &state).await?;
     let body = body.map_err(super::body_error)?;
     let resp = state
         .gateway
@@ -77,9 +90,8 @@ pub async fn chat_completions(
 /// `GET /compatible-mode/v1/models`: the deployments of the caller's workspace.
 pub async fn models(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    OpenAiCaller(caller): OpenAiCaller,
 ) -> Result<axum::Json<ModelList>, OpenAiApiError> {
-    let caller = caller(&headers, &state).await?;
     let data = state
         .gateway
         .deployments(&caller.workspace_id)

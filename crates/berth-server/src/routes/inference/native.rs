@@ -2,9 +2,11 @@
 //! Errors before the answer starts are the native envelope; errors after a stream started are
 //! `event:error` events, written by the gateway.
 
+use std::convert::Infallible;
+
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::response::Response;
 use bytes::Bytes;
 
@@ -16,18 +18,31 @@ use crate::state::AppState;
 /// The header that asks for a server-sent-event answer.
 const SSE_HEADER: &str = "x-dashscope-sse";
 
+/// Whether the request asked for server-sent events (`X-DashScope-SSE: enable`).
+pub struct SseRequested(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for SseRequested {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(SseRequested(
+            parts
+                .headers
+                .get(SSE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("enable")),
+        ))
+    }
+}
+
 pub async fn generation(
     State(state): State<AppState>,
     caller: Caller,
     RequestId(request_id): RequestId,
-    headers: HeaderMap,
+    SseRequested(stream): SseRequested,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(super::body_error)?;
-    let stream = headers
-        .get(SSE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("enable"));
     let resp = state
         .gateway
         .generation(&caller.workspace_id, &request_id, stream, body)
