@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = runtime()?;
     match cli.command {
         Command::Engine(args) => rt.block_on(berth_engine::run(args)),
         Command::Keys(args) => rt.block_on(keys::run(args)),
@@ -99,6 +99,23 @@ fn main() -> anyhow::Result<()> {
             )?;
             rt.block_on(serve(config))
         }
+    }
+}
+
+/// The async runtime: one worker thread per core this process may run on, and on a single core
+/// a single-threaded runtime, which does the same work without the cross-thread wake-ups and
+/// work-stealing bookkeeping of a one-worker multi-threaded one.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
     }
 }
 
