@@ -56,7 +56,7 @@ impl Gateway {
         let Dispatched {
             reply,
             guard,
-            usage,
+            mut usage,
         } = self
             .inner
             .dispatch(workspace_id, &peek.model, upstream_body, stream)
@@ -111,6 +111,14 @@ fn with_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, GatewayEr
         .into())
 }
 
+/// Chunks with non-empty `content` among `events` (a replica sends about one token a chunk).
+fn content_chunks(events: &[u8]) -> u64 {
+    const KEY: &[u8] = b"\"content\":\"";
+    memmem::find_iter(events, KEY)
+        .filter(|&at| events.get(at + KEY.len()) != Some(&b'"'))
+        .count() as u64
+}
+
 /// Forwards an upstream SSE stream event by event, reading the usage chunk on the way.
 struct UsageTap {
     upstream: UpstreamChunks,
@@ -123,6 +131,7 @@ struct UsageTap {
 
 impl UsageTap {
     fn inspect(&mut self, events: Bytes) -> Bytes {
+        self.usage.saw_chunks(content_chunks(&events));
         // Fast path: content chunks carry no usage object.
         if memmem::find(&events, b"\"usage\"").is_none() {
             return events;
@@ -194,6 +203,21 @@ impl Stream for UsageTap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_chunks_count_non_empty_deltas() {
+        let events = br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}
+
+data: {"choices":[{"delta":{"content":"Par"}}]}
+
+data: {"choices":[{"delta":{"content":"is"}}]}
+
+data: [DONE]
+
+"#;
+        assert_eq!(content_chunks(events), 2);
+        assert_eq!(content_chunks(b"data: [DONE]\n\n"), 0);
+    }
 
     #[test]
     fn usage_is_requested_without_touching_the_rest() {

@@ -88,19 +88,45 @@ enum SendFailure {
 }
 
 /// Charges the tokens of one response to its deployment, once.
+///
+/// A stream reports its exact usage in its last chunk. One that ends before it (the client
+/// left, the replica broke off) is charged, when it is dropped, the content chunks it delivered:
+/// a lower bound (about one token a chunk; its prompt is not known), rather than nothing.
 pub(crate) struct Accounting {
     state: Arc<DeploymentState>,
     tpm_limit: Option<u64>,
     clock: Clock,
+    /// Content chunks seen in a stream whose usage has not come yet.
+    seen: u64,
+    charged: bool,
 }
 
 impl Accounting {
-    pub fn record(&self, total_tokens: u64) {
-        self.state
-            .tokens_total
-            .fetch_add(total_tokens, Ordering::Relaxed);
+    /// Charges the response's exact usage (only the first call counts).
+    pub fn record(&mut self, total_tokens: u64) {
+        if !self.charged {
+            self.charged = true;
+            self.charge(total_tokens);
+        }
+    }
+
+    /// Counts streamed content chunks, charged on drop if no usage is ever recorded.
+    pub fn saw_chunks(&mut self, n: u64) {
+        self.seen += n;
+    }
+
+    fn charge(&self, tokens: u64) {
+        self.state.tokens_total.fetch_add(tokens, Ordering::Relaxed);
         if let Some(limit) = self.tpm_limit {
-            self.state.tpm.charge(total_tokens, limit, self.clock.now());
+            self.state.tpm.charge(tokens, limit, self.clock.now());
+        }
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        if !self.charged && self.seen > 0 {
+            self.charge(self.seen);
         }
     }
 }
@@ -165,6 +191,8 @@ impl Inner {
                             state: route.state.clone(),
                             tpm_limit: route.entry.tpm_limit,
                             clock: self.clock,
+                            seen: 0,
+                            charged: false,
                         };
                         return Ok(Dispatched {
                             reply,

@@ -59,7 +59,7 @@ impl Gateway {
         let Dispatched {
             reply,
             guard,
-            usage,
+            mut usage,
         } = self
             .inner
             .dispatch(workspace_id, &req.model, upstream.into(), stream)
@@ -275,6 +275,7 @@ impl NativeStream {
                 let delta = choice.delta.content.as_deref().unwrap_or("");
                 if !delta.is_empty() {
                     self.output_tokens += 1;
+                    self.usage.saw_chunks(1);
                     self.text.push_str(delta);
                 }
                 if let Some(reason) = &choice.finish_reason {

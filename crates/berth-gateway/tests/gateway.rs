@@ -509,7 +509,10 @@ async fn dropping_the_response_cancels_the_upstream_request() {
         s.next().await.unwrap().unwrap();
         s.next().await.unwrap().unwrap();
         assert!(!dropped.load(Ordering::SeqCst));
+        assert_eq!(gw.tokens_used(WS, MODEL), Some(0));
         drop(s);
+        // No usage chunk came: the two content chunks delivered are charged.
+        assert_eq!(gw.tokens_used(WS, MODEL), Some(2), "native={native}");
         let deadline = Instant::now() + Duration::from_secs(2);
         while !dropped.load(Ordering::SeqCst) {
             assert!(
