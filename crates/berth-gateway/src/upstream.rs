@@ -250,6 +250,22 @@ async fn fill(
     Ok(n > 0)
 }
 
+/// Reads more of a body that is not complete yet; the end of the stream is an error.
+async fn more_body(
+    conn: &mut TcpStream,
+    buf: &mut BytesMut,
+    addr: SocketAddr,
+) -> Result<(), SendError> {
+    if fill(conn, buf, addr).await? {
+        Ok(())
+    } else {
+        Err(cut_short(
+            addr,
+            "the replica closed the connection mid-body",
+        ))
+    }
+}
+
 fn cut_short(addr: SocketAddr, what: &str) -> SendError {
     SendError::Io {
         addr,
@@ -291,12 +307,7 @@ async fn read_answer(conn: &mut TcpStream, addr: SocketAddr) -> Result<(Answer, 
     let (body, clean) = match head.framing {
         Framing::Length(len) => {
             while buf.len() < len {
-                if !fill(conn, &mut buf, addr).await? {
-                    return Err(cut_short(
-                        addr,
-                        "the replica closed the connection mid-body",
-                    ));
-                }
+                more_body(conn, &mut buf, addr).await?;
             }
             let body = buf.split_to(len).freeze();
             (body, buf.is_empty())
@@ -341,12 +352,7 @@ async fn read_chunked(
                     if buf.len() > MAX_HEAD {
                         return Err(protocol("chunk size line too long"));
                     }
-                    if !fill(conn, buf, addr).await? {
-                        return Err(cut_short(
-                            addr,
-                            "the replica closed the connection mid-body",
-                        ));
-                    }
+                    more_body(conn, buf, addr).await?;
                 }
                 Err(_) => return Err(protocol("bad chunk size")),
             }
@@ -370,21 +376,11 @@ async fn read_chunked(
                 if buf.len() > MAX_HEAD {
                     return Err(protocol("trailers too long"));
                 }
-                if !fill(conn, buf, addr).await? {
-                    return Err(cut_short(
-                        addr,
-                        "the replica closed the connection mid-body",
-                    ));
-                }
+                more_body(conn, buf, addr).await?;
             }
         }
         while buf.len() < size + 2 {
-            if !fill(conn, buf, addr).await? {
-                return Err(cut_short(
-                    addr,
-                    "the replica closed the connection mid-body",
-                ));
-            }
+            more_body(conn, buf, addr).await?;
         }
         body.extend_from_slice(&buf[..size]);
         if &buf[size..size + 2] != b"\r\n" {
