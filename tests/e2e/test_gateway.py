@@ -122,6 +122,8 @@ def test_openai_sdk_chat_streaming_and_models(smollm):
 
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
+    # `created` is the deployment's creation time.
+    assert abs(models.data[0].created - time.time()) < 3600
 
     from openai import AuthenticationError, NotFoundError
     with pytest.raises(NotFoundError) as e:

@@ -288,6 +288,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 endpoints,
                 rpm_limit: d.rpm_limit,
                 tpm_limit: d.tpm_limit,
+                created: d.gmt_create.millis() / 1000,
             }),
         );
         statuses.push((

@@ -37,6 +37,8 @@ pub struct RoutingEntry {
     pub endpoints: Vec<Endpoint>,
     pub rpm_limit: Option<u64>,
     pub tpm_limit: Option<u64>,
+    /// When the deployment was created, in Unix seconds (OpenAI's `created` of a model).
+    pub created: i64,
 }
 
 /// The routing table: every live deployment by (workspace, deployed_model).

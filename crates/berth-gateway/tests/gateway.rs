@@ -33,6 +33,7 @@ fn entry(model: &str, addrs: &[SocketAddr]) -> RoutingEntry {
             .collect(),
         rpm_limit: None,
         tpm_limit: None,
+        created: 0,
     }
 }
 

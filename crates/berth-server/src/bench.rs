@@ -61,6 +61,7 @@ pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
             .collect(),
         rpm_limit: None,
         tpm_limit: None,
+        created: berth_core::Timestamp::now().millis() / 1000,
     };
     let mut table = RoutingTable::default();
     table

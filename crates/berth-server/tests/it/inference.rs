@@ -50,6 +50,7 @@ async fn app(rpm_limit: Option<u64>) -> App {
         endpoints,
         rpm_limit,
         tpm_limit: None,
+        created: 1_764_000_000,
     };
     let mut table = RoutingTable::default();
     for e in [
@@ -270,6 +271,8 @@ async fn compatible_mode_speaks_openai_including_errors() {
         .map(|m| m["id"].clone())
         .collect();
     assert_eq!(ids, [json!("idle"), json!("m1")]);
+    assert_eq!(v["data"][0]["created"], 1_764_000_000);
+    assert_eq!(v["data"][0]["owned_by"], "default");
     let v: Value = models(OTHER_KEY).await.unwrap().json().await.unwrap();
     assert_eq!(v["data"], json!([]));
     let resp = models("sk-wrong").await.unwrap();

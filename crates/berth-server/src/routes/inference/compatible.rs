@@ -99,7 +99,7 @@ pub async fn models(
         .map(|e| Model {
             id: e.deployed_model.clone(),
             object: "model",
-            created: 0,
+            created: e.created,
             owned_by: e.workspace_id.clone(),
         })
         .collect();
