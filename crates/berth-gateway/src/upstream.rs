@@ -13,7 +13,7 @@
 //! close-delimited body, keep-alive unless `Connection: close`. Anything else is a protocol error,
 //! never a panic.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::task::Context;
@@ -120,13 +120,12 @@ pub(crate) async fn post(
         None => connect(addr, settings.connect_timeout).await?,
     };
     let mut request = Vec::with_capacity(160 + body.len());
-    request.extend_from_slice(b"POST ");
-    request.extend_from_slice(path.as_bytes());
-    request.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    request.extend_from_slice(addr.to_string().as_bytes());
-    request.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    request.extend_from_slice(body.len().to_string().as_bytes());
-    request.extend_from_slice(b"\r\n\r\n");
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        request,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
     request.extend_from_slice(body);
     let io_err = |source| SendError::Io { addr, source };
     conn.write_all(&request).await.map_err(io_err)?;
