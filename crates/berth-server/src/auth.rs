@@ -102,9 +102,25 @@ impl KeyRing {
 
 /// Authenticates a request from its headers.
 pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
-    let secret = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    authenticate_raw(
+        headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        headers.get(WORKSPACE_HEADER).map(|v| v.as_bytes()),
+        state,
+    )
+    .await
+}
+
+/// Authenticates from the raw values of the `Authorization` and workspace headers (the first of
+/// each), as [`authenticate`] does from a header map.
+pub async fn authenticate_raw(
+    authorization: Option<&[u8]>,
+    workspace: Option<&[u8]>,
+    state: &AppState,
+) -> Result<Caller, ApiError> {
+    let secret = authorization
+        .and_then(header_str)
         .and_then(|v| {
             let v = v.trim();
             v.strip_prefix("Bearer ")
@@ -118,8 +134,8 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
         .lookup(secret)
         .await?
         .ok_or_else(ApiError::invalid_api_key)?;
-    if let Some(ws) = headers.get(WORKSPACE_HEADER) {
-        let ws = ws.to_str().unwrap_or_default().trim();
+    if let Some(ws) = workspace {
+        let ws = header_str(ws).unwrap_or_default().trim();
         if !ws.is_empty() && ws != key.workspace_id {
             return Err(ApiError::new(
                 ErrorCode::AccessDenied,
@@ -131,6 +147,16 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
         key_id: key.id.clone(),
         workspace_id: key.workspace_id.clone(),
     })
+}
+
+/// A header value as text when it is visible ASCII (tabs allowed), as `HeaderValue::to_str`
+/// reads it.
+pub fn header_str(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

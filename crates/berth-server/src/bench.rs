@@ -1,7 +1,7 @@
 //! `berth gateway-bench` (hidden): the production router and gateway in front of fixed upstream
 //! replicas, without the control plane, for measuring the gateway's overhead.
 //!
-//! Everything a request touches is what `berth serve` runs: the same router and middleware
+//! Everything a request touches is what `berth serve` runs: the same listener, router, middleware
 //! (request ids, body limit), the same key authentication (an in-memory store holding one key),
 //! the same inference handlers and the same gateway. Only the routing table is fixed: one
 //! deployment whose ready replicas are the `--upstream` addresses, published once, instead of
@@ -16,7 +16,7 @@ use berth_store::{SqliteStore, Store};
 
 use crate::auth::KeyRing;
 use crate::state::{AppInner, AppState};
-use crate::{keys, routes, ServeError};
+use crate::{keys, ServeError};
 
 /// Arguments of `berth gateway-bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -82,6 +82,6 @@ pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
             source,
         })?;
     tracing::info!(addr = %args.listen, upstreams = ?args.upstreams, "gateway bench serving");
-    axum::serve(listener, routes::router(state)).await?;
+    crate::front::serve(listener, state, tokio_util::sync::CancellationToken::new()).await?;
     Ok(())
 }

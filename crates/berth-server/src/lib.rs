@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod front;
 pub mod keys;
 pub mod openapi;
 pub mod request_id;
@@ -144,7 +145,6 @@ pub async fn serve(
         nudge,
         gateway,
     });
-    let app = routes::router(state);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -156,10 +156,7 @@ pub async fn serve(
 
     let reconciler_stop = CancellationToken::new();
     let reconciler_task = tokio::spawn(reconciler.run(reconciler_stop.clone()));
-    let server_stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { server_stop.cancelled().await })
-        .await?;
+    front::serve(listener, state, shutdown.clone()).await?;
     tracing::info!("stopping replicas");
     reconciler_stop.cancel();
     let _ = reconciler_task.await;

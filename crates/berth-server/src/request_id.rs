@@ -22,17 +22,21 @@ tokio::task_local! {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-const HEADER: &str = "x-request-id";
+/// The header that carries the id, both ways.
+pub const HEADER: &str = "x-request-id";
 /// Client ids longer than this, or not visible ASCII, are replaced.
 const MAX_CLIENT_ID: usize = 128;
 
 fn pick_id(req: &Request) -> String {
-    req.headers()
-        .get(HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            !s.is_empty() && s.len() <= MAX_CLIENT_ID && s.bytes().all(|b| b.is_ascii_graphic())
-        })
+    pick(req.headers().get(HEADER).map(|v| v.as_bytes()))
+}
+
+/// The id for a request whose `X-Request-Id` header (the first) is `client`: the client's own
+/// when it is usable, a fresh one otherwise.
+pub fn pick(client: Option<&[u8]>) -> String {
+    client
+        .filter(|v| !v.is_empty() && v.len() <= MAX_CLIENT_ID && v.iter().all(u8::is_ascii_graphic))
+        .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_owned)
         .unwrap_or_else(new_id)
 }

@@ -8,7 +8,7 @@ use berth_core::{Endpoint, ModelCatalog, RoutingEntry, RoutingTable, Status};
 use berth_gateway::{Gateway, GatewayConfig};
 use berth_server::auth::KeyRing;
 use berth_server::state::{AppInner, AppState};
-use berth_server::{keys, routes};
+use berth_server::{front, keys};
 use berth_store::{SqliteStore, Store};
 use serde_json::{json, Value};
 
@@ -78,7 +78,7 @@ async fn app(rpm_limit: Option<u64>) -> App {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, routes::router(state)).await.unwrap() });
+    tokio::spawn(front::serve(listener, state, Default::default()));
     App {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),

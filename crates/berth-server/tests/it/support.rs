@@ -7,7 +7,7 @@ use berth_control::Nudge;
 use berth_core::{CatalogModel, ModelCatalog};
 use berth_server::auth::KeyRing;
 use berth_server::state::{AppInner, AppState};
-use berth_server::{keys, routes};
+use berth_server::{front, keys};
 use berth_store::{SqliteStore, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -73,10 +73,9 @@ impl TestApp {
             nudge: Nudge::default(),
             gateway: berth_gateway::Gateway::new(Default::default()).unwrap(),
         });
-        let app = routes::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(front::serve(listener, state, Default::default()));
         Self {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),

@@ -58,17 +58,20 @@ impl FromRequestParts<AppState> for OpenAiCaller {
         authenticate(&parts.headers, state)
             .await
             .map(OpenAiCaller)
-            .map_err(|e| {
-                if e.code == berth_core::ErrorCode::InvalidApiKey {
-                    // OpenAI's wording, which its SDKs and users recognise.
-                    OpenAiApiError(ApiError {
-                        message: "Incorrect API key provided.".into(),
-                        ..e
-                    })
-                } else {
-                    OpenAiApiError(e)
-                }
-            })
+            .map_err(auth_error)
+    }
+}
+
+/// An authentication failure in the OpenAI envelope.
+pub(crate) fn auth_error(e: ApiError) -> OpenAiApiError {
+    if e.code == berth_core::ErrorCode::InvalidApiKey {
+        // OpenAI's wording, which its SDKs and users recognise.
+        OpenAiApiError(ApiError {
+            message: "Incorrect API key provided.".into(),
+            ..e
+        })
+    } else {
+        OpenAiApiError(e)
     }
 }
 

@@ -2,8 +2,8 @@
 //! routes. The work is done by `berth-gateway`; this module turns its answers and errors into
 //! HTTP, in the envelope each API expects.
 
-mod compatible;
-mod native;
+pub(crate) mod compatible;
+pub(crate) mod native;
 
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
@@ -18,17 +18,17 @@ use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
 use crate::state::AppState;
 
+/// The native generation route.
+pub const NATIVE_PATH: &str = "/api/v1/services/aigc/text-generation/generation";
+/// The OpenAI-compatible chat route.
+pub const CHAT_PATH: &str = "/compatible-mode/v1/chat/completions";
+
 /// The inference routes.
 pub fn router() -> Router<AppState> {
+    // Keep in step with `crate::front`, which serves the POST routes itself.
     Router::new()
-        .route(
-            "/api/v1/services/aigc/text-generation/generation",
-            post(native::generation),
-        )
-        .route(
-            "/compatible-mode/v1/chat/completions",
-            post(compatible::chat_completions),
-        )
+        .route(NATIVE_PATH, post(native::generation))
+        .route(CHAT_PATH, post(compatible::chat_completions))
         .route("/compatible-mode/v1/models", get(compatible::models))
 }
 
@@ -53,7 +53,7 @@ fn into_response(r: GatewayResponse) -> Response {
 }
 
 /// A gateway error as berth's error; causes of internal failures are logged here, once.
-fn api_error(e: GatewayError) -> ApiError {
+pub(crate) fn api_error(e: GatewayError) -> ApiError {
     if e.code() == ErrorCode::InternalError {
         tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "inference call failed");
     }

@@ -16,7 +16,7 @@ use crate::request_id::RequestId;
 use crate::state::AppState;
 
 /// The header that asks for a server-sent-event answer.
-const SSE_HEADER: &str = "x-dashscope-sse";
+pub(crate) const SSE_HEADER: &str = "x-dashscope-sse";
 
 /// Whether the request asked for server-sent events (`X-DashScope-SSE: enable`).
 pub struct SseRequested(pub bool);
@@ -25,14 +25,17 @@ impl<S: Send + Sync> FromRequestParts<S> for SseRequested {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(SseRequested(
-            parts
-                .headers
-                .get(SSE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("enable")),
-        ))
+        Ok(SseRequested(sse_enabled(
+            parts.headers.get(SSE_HEADER).map(|v| v.as_bytes()),
+        )))
     }
+}
+
+/// Whether the value of `X-DashScope-SSE` asks for events.
+pub(crate) fn sse_enabled(value: Option<&[u8]>) -> bool {
+    value
+        .and_then(crate::auth::header_str)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("enable"))
 }
 
 pub async fn generation(

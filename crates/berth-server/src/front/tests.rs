@@ -1,0 +1,440 @@
+//! The listener on real sockets: which requests take the short lane, HTTP/1.1 framing both
+//! ways, hand-over to the router mid-connection, disconnects and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_control::Nudge;
+use berth_core::{Endpoint, ModelCatalog, RoutingEntry, RoutingTable, Status};
+use berth_store::{SqliteStore, Store};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::auth::KeyRing;
+use crate::keys;
+use crate::state::AppInner;
+
+const KEY: &str = "sk-front-test";
+const CHAT_BODY: &str = r#"{"model":"m1","messages":[{"role":"user","content":"hi"}]}"#;
+
+struct Server {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<io::Result<()>>,
+}
+
+/// berth's listener in front of one replica at `replica`, deployment `m1`, key [`KEY`].
+async fn server(replica: SocketAddr) -> Server {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    store
+        .insert_api_key(&keys::from_secret(KEY, "default"))
+        .await
+        .unwrap();
+    let keys = KeyRing::new(store.clone());
+    keys.refresh().await.unwrap();
+    let gateway = berth_gateway::Gateway::new(Default::default()).unwrap();
+    let mut table = RoutingTable::default();
+    table.entries.insert(
+        ("default".into(), "m1".into()),
+        Arc::new(RoutingEntry {
+            workspace_id: "default".into(),
+            deployed_model: "m1".into(),
+            model_name: "tiny".into(),
+            status: Status::Running,
+            endpoints: vec![Endpoint {
+                replica_id: "r1".into(),
+                addr: replica,
+            }],
+            rpm_limit: None,
+            tpm_limit: None,
+            created: 1,
+        }),
+    );
+    gateway.publish(Arc::new(table));
+    let state = AppState::new(AppInner {
+        store,
+        catalog: Arc::new(ModelCatalog { models: vec![] }),
+        keys,
+        nudge: Nudge::default(),
+        gateway,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, state, stop.clone()));
+    Server { addr, stop, task }
+}
+
+async fn stub(tokens: u32) -> SocketAddr {
+    berth_stub::spawn(berth_stub::StubArgs {
+        tokens,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn chat(extra_headers: &str, body: &str) -> String {
+    format!(
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\n{extra_headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A response as read off the wire.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Reads one response (interim ones skipped) from `conn`, keeping extra bytes in `buf`.
+async fn read_reply(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Reply {
+    loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(buf).unwrap() {
+                httparse::Status::Complete(len) => Some((
+                    len,
+                    resp.code.unwrap(),
+                    resp.headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+                httparse::Status::Partial => None,
+            }
+        };
+        let Some((len, status, headers)) = parsed else {
+            read_some(conn, buf).await;
+            continue;
+        };
+        buf.drain(..len);
+        if status == 100 {
+            continue;
+        }
+        let mut reply = Reply {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if reply.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let (start, size) = loop {
+                    match httparse::parse_chunk_size(buf).unwrap() {
+                        httparse::Status::Complete(c) => break c,
+                        httparse::Status::Partial => read_some(conn, buf).await,
+                    }
+                };
+                let size = size as usize;
+                while buf.len() < start + size + 2 {
+                    read_some(conn, buf).await;
+                }
+                reply.body.extend_from_slice(&buf[start..start + size]);
+                assert_eq!(&buf[start + size..start + size + 2], b"\r\n");
+                buf.drain(..start + size + 2);
+                if size == 0 {
+                    return reply;
+                }
+            }
+        }
+        let n: usize = reply.header("content-length").unwrap().parse().unwrap();
+        while buf.len() < n {
+            read_some(conn, buf).await;
+        }
+        reply.body = buf.drain(..n).collect();
+        return reply;
+    }
+}
+
+async fn read_some(conn: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+        .await
+        .expect("no answer within 10 s")
+        .unwrap();
+    assert!(n > 0, "connection closed; read so far: {buf:?}");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// True when the peer closes `conn` within 5 s without sending anything more.
+async fn closed(conn: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[test]
+fn only_plain_inference_posts_take_the_short_lane() {
+    let short = |req: &str| matches!(parse(req.as_bytes()), Parsed::Short(_));
+    let other = |req: &str| matches!(parse(req.as_bytes()), Parsed::Other);
+    assert!(short(&chat("", "{}")));
+    assert!(short(
+        "POST /compatible-mode/v1/chat/completions?x=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+    ));
+    assert!(short(
+        "POST /api/v1/services/aigc/text-generation/generation HTTP/1.1\r\nX-DashScope-SSE: enable\r\ncontent-length: 2\r\n\r\n{}"
+    ));
+    assert!(short(&chat("expect: 100-continue\r\n", "{}")));
+    assert!(matches!(
+        parse(b"POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost"),
+        Parsed::Partial
+    ));
+    for req in [
+        "GET /compatible-mode/v1/chat/completions HTTP/1.1\r\n\r\n",
+        "GET /compatible-mode/v1/models HTTP/1.1\r\n\r\n",
+        "POST /api/v1/deployments HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions/ HTTP/1.1\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.0\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\ncontent-length: +2\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\ncontent-length: 99999999\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nexpect: something\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nbad header\r\n\r\n",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        assert!(other(req), "{req}");
+    }
+    let long = format!(
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nx: {}",
+        "a".repeat(MAX_HEAD)
+    );
+    assert!(other(&long));
+}
+
+#[test]
+fn numbers_are_written_in_decimal_and_hex() {
+    assert_eq!(itoa(0, &mut [0; 20]), b"0");
+    assert_eq!(itoa(326, &mut [0; 20]), b"326");
+    assert_eq!(
+        itoa(usize::MAX, &mut [0; 20]),
+        usize::MAX.to_string().as_bytes()
+    );
+    assert_eq!(hex(0, &mut [0; 16]), b"0");
+    assert_eq!(hex(0x1a2f, &mut [0; 16]), b"1a2f");
+}
+
+#[tokio::test]
+async fn pipelined_calls_are_answered_in_order_on_one_connection() {
+    let s = server(stub(2).await).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let both = format!(
+        "{}{}",
+        chat("x-request-id: first-id\r\n", CHAT_BODY),
+        chat("", CHAT_BODY)
+    );
+    conn.write_all(both.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let a = read_reply(&mut conn, &mut buf).await;
+    let b = read_reply(&mut conn, &mut buf).await;
+    for r in [&a, &b] {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r.header("date").unwrap().ends_with(" GMT"));
+        assert_eq!(r.json()["object"], "chat.completion");
+    }
+    assert_eq!(a.header("x-request-id"), Some("first-id"));
+    let generated = b.header("x-request-id").unwrap();
+    assert_eq!(generated.len(), 36, "{generated}");
+    // Still open for more.
+    conn.write_all(chat("", CHAT_BODY).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+    assert!(buf.is_empty());
+}
+
+#[tokio::test]
+async fn errors_are_the_routes_envelopes() {
+    let s = server(stub(2).await).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let unknown = CHAT_BODY.replace("m1", "nope");
+    let bad_key = chat("", CHAT_BODY).replace(KEY, "sk-wrong");
+    let native = "POST /api/v1/services/aigc/text-generation/generation HTTP/1.1\r\nauthorization: Bearer sk-wrong\r\nx-request-id: rid-7\r\ncontent-length: 2\r\n\r\n{}";
+    conn.write_all(format!("{}{bad_key}{native}", chat("", &unknown)).as_bytes())
+        .await
+        .unwrap();
+    let not_found = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(not_found.status, 404);
+    assert_eq!(not_found.json()["error"]["code"], "model_not_found");
+    let unauthorized = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(unauthorized.status, 401);
+    assert_eq!(
+        unauthorized.json()["error"]["message"],
+        "Incorrect API key provided."
+    );
+    let native = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(native.status, 401);
+    assert_eq!(native.json()["code"], "InvalidApiKey");
+    assert_eq!(native.json()["request_id"], "rid-7");
+    assert_eq!(native.header("x-request-id"), Some("rid-7"));
+}
+
+#[tokio::test]
+async fn other_requests_hand_the_connection_to_the_router() {
+    let s = server(stub(2).await).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // A short-lane call, then a route the router serves, then another call: the rest of the
+    // connection is the router's, and it answers the call the same way.
+    let models = format!(
+        "GET /compatible-mode/v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\r\n"
+    );
+    conn.write_all(format!("{}{models}", chat("", CHAT_BODY)).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+    let list = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["data"][0]["id"], "m1");
+    conn.write_all(chat("x-request-id: via-router\r\n", CHAT_BODY).as_bytes())
+        .await
+        .unwrap();
+    let call = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(call.status, 200);
+    assert_eq!(call.header("x-request-id"), Some("via-router"));
+    assert_eq!(call.json()["object"], "chat.completion");
+
+    // A request body in chunks is read by hyper.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let chunked = format!(
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{CHAT_BODY}\r\n0\r\n\r\n",
+        CHAT_BODY.len()
+    );
+    conn.write_all(chunked.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+
+    // Garbage gets hyper's 400.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(b"POST /x HTTP/1.1\r\nbad header\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 400);
+}
+
+#[tokio::test]
+async fn expect_continue_and_connection_close() {
+    let s = server(stub(2).await).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let full = chat("expect: 100-continue\r\nconnection: close\r\n", CHAT_BODY);
+    let (head, body) = full.split_at(full.len() - CHAT_BODY.len());
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\r\n\r\n") {
+        read_some(&mut conn, &mut buf).await;
+    }
+    assert!(buf.starts_with(b"HTTP/1.1 100 Continue\r\n"), "{buf:?}");
+    buf.clear();
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let reply = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert!(closed(&mut conn).await);
+}
+
+#[tokio::test]
+async fn streams_are_chunked_and_the_connection_goes_on() {
+    let s = server(stub(3).await).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let body = r#"{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    conn.write_all(chat("", body).as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let reply = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    assert_eq!(reply.header("cache-control"), Some("no-cache"));
+    let text = String::from_utf8(reply.body).unwrap();
+    assert_eq!(text.matches("\"content\":\"tok \"").count(), 3, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    // The client did not ask for usage, so it was taken out.
+    assert!(!text.contains("\"usage\""), "{text}");
+    conn.write_all(chat("", CHAT_BODY).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_the_replica_call() {
+    // A replica that reads the request and never answers; it reports when the gateway closes
+    // the connection.
+    let replica = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_addr = replica.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = replica.accept().await.unwrap();
+        let mut b = [0u8; 4096];
+        assert!(conn.read(&mut b).await.unwrap() > 0);
+        let rest = conn.read(&mut b).await;
+        let _ = closed_tx.send(matches!(rest, Ok(0) | Err(_)));
+    });
+    let s = server(replica_addr).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(chat("", CHAT_BODY).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(conn);
+    let replica_saw_close = tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the call to the replica was not cancelled")
+        .unwrap();
+    assert!(replica_saw_close);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_returns() {
+    let s = server(stub(2).await).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = Vec::new();
+    conn.write_all(chat("", CHAT_BODY).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+    let mut handed_over = TcpStream::connect(s.addr).await.unwrap();
+    handed_over
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut handed_over, &mut buf).await.status, 200);
+    s.stop.cancel();
+    assert!(closed(&mut conn).await);
+    assert!(closed(&mut handed_over).await);
+    tokio::time::timeout(Duration::from_secs(5), s.task)
+        .await
+        .expect("serve did not return")
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(s.addr).await.is_err());
+}
