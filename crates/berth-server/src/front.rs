@@ -53,6 +53,8 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Bytes of pipelined requests kept while a call is in flight; beyond it the client is no
 /// longer watched until the answer is written.
 const MAX_PIPELINED: usize = 64 * 1024;
+/// Bytes of a stream gathered into one write when they are all ready at once.
+const MAX_COALESCED: usize = 64 * 1024;
 
 /// Serves `state`'s routes on `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets every connection finish the request it is on, and returns when all are closed.
@@ -354,47 +356,64 @@ impl Connection {
         );
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(body);
-        let written = self.conn.write_all(&self.out).await;
-        self.out.clear();
-        written
+        self.flush().await
     }
 
-    /// Writes the head, then every piece of the stream as a chunk as soon as it comes. False
-    /// when the answer could not be completed (the client left, the stream failed): the
-    /// connection is then closed, which tells the client the answer is cut short.
+    /// Writes the head, then every piece of the stream as a chunk as soon as it comes: what
+    /// the stream has ready at once (the head and the first events, or a whole replayed
+    /// answer) goes out in one write, and nothing ever waits for more. False when the answer
+    /// could not be completed (the client left, the stream failed): the connection is then
+    /// closed, which tells the client the answer is cut short.
     async fn write_stream(&mut self, mut stream: berth_gateway::BodyStream) -> io::Result<bool> {
         header(&mut self.out, "transfer-encoding", b"chunked");
         self.out.extend_from_slice(b"\r\n");
-        let written = self.conn.write_all(&self.out).await;
-        self.out.clear();
-        written?;
+        let mut waited = None;
         loop {
-            let next = tokio::select! {
-                next = stream.next() => next,
-                () = watch_client(&mut self.conn, &mut self.buf) => return Ok(false),
+            let next = match waited.take() {
+                Some(next) => Poll::Ready(next),
+                None => std::future::poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await,
             };
             match next {
-                Some(Ok(piece)) if piece.is_empty() => {}
-                Some(Ok(piece)) => {
-                    let mut size = [0u8; 16];
-                    self.out.extend_from_slice(hex(piece.len(), &mut size));
-                    self.out.extend_from_slice(b"\r\n");
-                    self.out.extend_from_slice(&piece);
-                    self.out.extend_from_slice(b"\r\n");
-                    let written = self.conn.write_all(&self.out).await;
-                    self.out.clear();
-                    written?;
+                Poll::Ready(Some(Ok(piece))) => {
+                    if !piece.is_empty() {
+                        let mut size = [0u8; 16];
+                        self.out.extend_from_slice(hex(piece.len(), &mut size));
+                        self.out.extend_from_slice(b"\r\n");
+                        self.out.extend_from_slice(&piece);
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                    if self.out.len() < MAX_COALESCED {
+                        continue;
+                    }
                 }
-                Some(Err(e)) => {
+                Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "stream to the client broke off");
+                    self.flush().await?;
                     return Ok(false);
                 }
-                None => {
-                    self.conn.write_all(b"0\r\n\r\n").await?;
+                Poll::Ready(None) => {
+                    self.out.extend_from_slice(b"0\r\n\r\n");
+                    self.flush().await?;
                     return Ok(true);
                 }
+                Poll::Pending => {}
             }
+            self.flush().await?;
+            waited = Some(tokio::select! {
+                next = stream.next() => next,
+                () = watch_client(&mut self.conn, &mut self.buf) => return Ok(false),
+            });
         }
+    }
+
+    /// Writes what `out` holds.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = self.conn.write_all(&self.out).await;
+        self.out.clear();
+        written
     }
 
     /// Gives the connection, with what was read of it, to hyper and the router.

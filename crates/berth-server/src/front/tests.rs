@@ -438,3 +438,50 @@ async fn shutdown_closes_idle_connections_and_returns() {
         .unwrap();
     assert!(TcpStream::connect(s.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn streamed_events_go_out_as_they_come() {
+    // A replica that sends its first event, then waits until the client has seen it before
+    // it finishes: if the listener held anything back, this would never complete.
+    let replica = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_addr = replica.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut conn, _) = replica.accept().await.unwrap();
+        let mut b = [0u8; 4096];
+        assert!(conn.read(&mut b).await.unwrap() > 0);
+        let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+        let first = r#"data: {"choices":[{"index":0,"delta":{"content":"first"}}]}"#;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        conn.write_all(format!("{head}{}", chunk(&format!("{first}\n\n"))).as_bytes())
+            .await
+            .unwrap();
+        seen_rx.await.unwrap();
+        let second = r#"data: {"choices":[{"index":0,"delta":{"content":"second"}}]}"#;
+        let rest = format!(
+            "{}{}0\r\n\r\n",
+            chunk(&format!("{second}\n\n")),
+            chunk("data: [DONE]\n\n")
+        );
+        conn.write_all(rest.as_bytes()).await.unwrap();
+    });
+    let s = server(replica_addr).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let body = r#"{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    conn.write_all(chat("", body).as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    while !String::from_utf8_lossy(&buf).contains("\"first\"") {
+        read_some(&mut conn, &mut buf).await;
+    }
+    assert!(buf.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(!String::from_utf8_lossy(&buf).contains("second"));
+    seen_tx.send(()).unwrap();
+    while !buf.ends_with(b"0\r\n\r\n") {
+        read_some(&mut conn, &mut buf).await;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.contains("\"second\"") && text.contains("data: [DONE]"),
+        "{text}"
+    );
+}
