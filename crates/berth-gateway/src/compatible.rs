@@ -6,6 +6,7 @@
 //! client did not ask for it, that chunk is taken out of the client's stream.
 
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use berth_api::openai::{ChatRequestPeek, UsagePeek};
@@ -75,8 +76,8 @@ impl Gateway {
             }
             Reply::Streaming(resp) => resp,
         };
-        let status = resp.status().as_u16();
-        if !resp.status().is_success() {
+        let status = resp.status;
+        if !(200..300).contains(&status) {
             let bytes = read_body(resp).await?;
             return Ok(GatewayResponse::full(status, JSON, bytes));
         }
@@ -111,11 +112,19 @@ fn with_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, GatewayEr
         .into())
 }
 
+/// Where a content delta starts in a chunk.
+static CONTENT_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"content\":\""));
+/// The key of a usage object.
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
 /// Chunks with non-empty `content` among `events` (a replica sends about one token a chunk).
 fn content_chunks(events: &[u8]) -> u64 {
-    const KEY: &[u8] = b"\"content\":\"";
-    memmem::find_iter(events, KEY)
-        .filter(|&at| events.get(at + KEY.len()) != Some(&b'"'))
+    let key = CONTENT_KEY.needle().len();
+    CONTENT_KEY
+        .find_iter(events)
+        .filter(|&at| events.get(at + key) != Some(&b'"'))
         .count() as u64
 }
 
@@ -132,35 +141,50 @@ struct UsageTap {
 impl UsageTap {
     fn inspect(&mut self, events: Bytes) -> Bytes {
         self.usage.saw_chunks(content_chunks(&events));
-        // Fast path: content chunks carry no usage object.
-        if memmem::find(&events, b"\"usage\"").is_none() {
-            return events;
+        let (events, usage) = take_usage(events, self.strip_usage);
+        if let Some(total_tokens) = usage {
+            self.usage.record(total_tokens);
         }
-        let mut kept = BytesMut::new();
-        let mut dropped = false;
-        for ev in sse::events(&events) {
-            let peek = sse::data(&ev)
-                .filter(|d| memmem::find(d, b"\"usage\"").is_some())
-                .and_then(|d| serde_json::from_slice::<UsagePeek>(d).ok());
-            if let Some(UsagePeek {
-                usage: Some(u),
-                choices,
-            }) = peek
-            {
-                self.usage.record(u.total_tokens);
-                if self.strip_usage && choices.is_none_or(|c| c.is_empty()) {
-                    dropped = true;
-                    continue;
-                }
+        events
+    }
+}
+
+/// Reads the usage (`total_tokens`) of `events` (whole events) and, with `strip`, takes out the
+/// usage-only chunk. Only the events that mention `"usage"` are parsed; the rest pass as they
+/// are, uncopied when nothing is taken out.
+fn take_usage(events: Bytes, strip: bool) -> (Bytes, Option<u64>) {
+    let mut usage = None;
+    let mut kept: Option<BytesMut> = None;
+    // Start of the part not yet copied into `kept`.
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(at) = USAGE_KEY.find(&events[from..]).map(|i| from + i) {
+        let start = sse::last_boundary(&events[..at]);
+        let end = sse::first_boundary(&events[at..]).map_or(events.len(), |e| at + e);
+        from = end;
+        let peek = sse::data(&events[start..end])
+            .and_then(|d| serde_json::from_slice::<UsagePeek>(d).ok());
+        if let Some(UsagePeek {
+            usage: Some(u),
+            choices,
+        }) = peek
+        {
+            usage.get_or_insert(u.total_tokens);
+            if strip && choices.is_none_or(|c| c.is_empty()) {
+                kept.get_or_insert_with(|| BytesMut::with_capacity(events.len()))
+                    .extend_from_slice(&events[copied..start]);
+                copied = end;
             }
-            kept.extend_from_slice(&ev);
-        }
-        if dropped {
-            kept.freeze()
-        } else {
-            events
         }
     }
+    let events = match kept {
+        None => events,
+        Some(mut kept) => {
+            kept.extend_from_slice(&events[copied..]);
+            kept.freeze()
+        }
+    };
+    (events, usage)
 }
 
 impl Stream for UsageTap {
@@ -217,6 +241,38 @@ data: [DONE]
 "#;
         assert_eq!(content_chunks(events), 2);
         assert_eq!(content_chunks(b"data: [DONE]\n\n"), 0);
+    }
+
+    #[test]
+    fn usage_is_read_and_the_usage_chunk_taken_out_on_request() {
+        let content = "data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\n";
+        let with_usage =
+            "data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"total_tokens\":3}}\r\n\r\n";
+        let usage_only = "data: {\"choices\":[],\"usage\":{\"total_tokens\":9}}\n\n";
+        let done = "data: [DONE]\n\n";
+        let all = Bytes::from(format!("{content}{usage_only}{done}"));
+
+        let (out, usage) = take_usage(all.clone(), false);
+        assert_eq!(
+            (out.as_ptr(), usage),
+            (all.as_ptr(), Some(9)),
+            "kept, uncopied"
+        );
+        let (out, usage) = take_usage(all, true);
+        assert_eq!(out, format!("{content}{done}"));
+        assert_eq!(usage, Some(9));
+
+        // A chunk with choices keeps its place; only the first usage counts.
+        let all = Bytes::from(format!("{with_usage}{content}{usage_only}"));
+        let (out, usage) = take_usage(all, true);
+        assert_eq!(out, format!("{with_usage}{content}"));
+        assert_eq!(usage, Some(3));
+
+        let plain = Bytes::from(format!("{content}{done}"));
+        assert_eq!(take_usage(plain.clone(), true), (plain, None));
+        // An unterminated last event is read too.
+        let (out, usage) = take_usage(Bytes::from(usage_only.trim_end().to_owned()), true);
+        assert_eq!((out.len(), usage), (0, Some(9)));
     }
 
     #[test]

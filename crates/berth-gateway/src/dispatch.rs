@@ -6,26 +6,20 @@
 //! A replica that refuses the connection (nothing was sent) is ejected and the request tries
 //! another; any failure after the request went out is final.
 //!
-//! Streamed calls go through hyper's pooled client, which hands chunks over as they arrive;
-//! whole answers through [`crate::upstream`], which does the exchange in the calling task.
+//! Both streamed and whole answers go through [`crate::upstream`], which does the exchange in
+//! the calling task.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http_body_util::{BodyDataStream, BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::balance::Balancer;
 use crate::error::GatewayError;
 use crate::routing::{Backend, Clock, DeploymentState, InFlight, Route, Routes};
-use crate::upstream::{self, Answer};
+use crate::upstream::{self, Answer, BodyReader, Streaming};
 use crate::GatewayConfig;
 
 /// The path every replica serves chat completions on.
@@ -40,30 +34,27 @@ pub(crate) struct Inner {
     pub config: GatewayConfig,
     pub routes: Routes,
     pub balancer: Arc<dyn Balancer>,
-    pub client: Client<HttpConnector, Full<Bytes>>,
     pub clock: Clock,
 }
 
 /// A replica's response; its body is read as it arrives.
-pub(crate) type Upstream = http::Response<Incoming>;
+pub(crate) type Upstream = Streaming;
 
-/// A replica's response body as a stream of data chunks. Dropping it closes the connection to
+/// A replica's response body, chunk by chunk as it arrives. Dropping it closes the connection to
 /// the replica (a half-read HTTP/1.1 response cannot go back to the pool).
-pub(crate) type UpstreamChunks = BodyDataStream<Incoming>;
+pub(crate) type UpstreamChunks = BodyReader;
 
 /// Reads a replica's whole response body.
 pub(crate) async fn read_body(resp: Upstream) -> Result<Bytes, GatewayError> {
-    Ok(resp
-        .into_body()
+    resp.body
         .collect()
         .await
-        .map_err(|e| GatewayError::Upstream(e.into()))?
-        .to_bytes())
+        .map_err(|e| GatewayError::Upstream(e.into()))
 }
 
 /// A replica's response body, chunk by chunk as it arrives.
 pub(crate) fn body_chunks(resp: Upstream) -> UpstreamChunks {
-    resp.into_body().into_data_stream()
+    resp.body
 }
 
 /// What a replica answered: a response whose body is still arriving, or a whole answer.
@@ -142,20 +133,10 @@ impl Drop for QueueSlot {
 
 impl Inner {
     pub fn new(config: GatewayConfig, balancer: Arc<dyn Balancer>) -> Result<Self, GatewayError> {
-        // hyper's HTTP/1.1 client with a keep-alive pool, driven directly: no proxy lookup, no
-        // redirect or timeout layers, no URL conversion per request.
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
             config,
             routes: Routes::new(),
             balancer,
-            client,
             clock: Clock::new(),
         })
     }
@@ -246,24 +227,38 @@ impl Inner {
     }
 
     async fn send_streaming(&self, backend: &Backend, body: Bytes) -> Result<Reply, SendFailure> {
-        let mut req = http::Request::new(Full::new(body));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = backend.url.clone();
-        req.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        match self.client.request(req).await {
+        match upstream::post_streaming(
+            &backend.idle,
+            backend.addr,
+            CHAT_PATH,
+            &body,
+            self.settings(),
+        )
+        .await
+        {
             Ok(resp) => Ok(Reply::Streaming(resp)),
             Err(e) if e.is_connect() => Err(SendFailure::Connect(e.into())),
             Err(e) => Err(SendFailure::Other(e.into())),
         }
     }
 
-    async fn send_whole(&self, backend: &Backend, body: &[u8]) -> Result<Reply, SendFailure> {
-        let settings = upstream::Settings {
+    fn settings(&self) -> upstream::Settings {
+        upstream::Settings {
             connect_timeout: self.config.connect_timeout,
             idle_timeout: IDLE_TIMEOUT,
-        };
-        match upstream::post(&backend.idle, backend.addr, CHAT_PATH, body, settings).await {
+        }
+    }
+
+    async fn send_whole(&self, backend: &Backend, body: &[u8]) -> Result<Reply, SendFailure> {
+        match upstream::post(
+            &backend.idle,
+            backend.addr,
+            CHAT_PATH,
+            body,
+            self.settings(),
+        )
+        .await
+        {
             Ok(answer) => Ok(Reply::Whole(answer)),
             Err(e) if e.is_connect() => Err(SendFailure::Connect(e.into())),
             Err(e) => Err(SendFailure::Other(e.into())),

@@ -66,8 +66,8 @@ impl Gateway {
             .await?;
         let bytes = match reply {
             Reply::Streaming(resp) => {
-                if !resp.status().is_success() {
-                    let status = resp.status().as_u16();
+                if !(200..300).contains(&resp.status) {
+                    let status = resp.status;
                     let body = read_body(resp).await.unwrap_or_default();
                     return Err(upstream_error(status, &body));
                 }

@@ -17,7 +17,6 @@ use arc_swap::ArcSwap;
 use berth_core::{RoutingEntry, RoutingTable, Status};
 use tokio::sync::watch;
 
-use crate::dispatch::CHAT_PATH;
 use crate::limit::Window;
 use crate::upstream::IdleConns;
 
@@ -26,11 +25,8 @@ use crate::upstream::IdleConns;
 pub struct Backend {
     pub replica_id: String,
     pub addr: SocketAddr,
-    /// `http://ADDR/v1/chat/completions`, parsed once (a URL parse per request costs more
-    /// than the rest of the routing decision).
-    pub(crate) url: http::Uri,
-    /// Idle keep-alive connections for whole (non-streamed) answers.
-    pub(crate) idle: IdleConns,
+    /// Idle keep-alive connections to the replica.
+    pub(crate) idle: Arc<IdleConns>,
     in_flight: AtomicU32,
     /// Clock reading (see [`Clock`]) until which the replica is skipped; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -39,9 +35,7 @@ pub struct Backend {
 impl Backend {
     pub fn new(replica_id: String, addr: SocketAddr) -> Self {
         Self {
-            url: http::Uri::try_from(format!("http://{addr}{CHAT_PATH}"))
-                .expect("a socket address makes a valid URI"),
-            idle: IdleConns::default(),
+            idle: Arc::default(),
             replica_id,
             addr,
             in_flight: AtomicU32::new(0),

@@ -6,7 +6,6 @@
 //! rest of itself.
 
 use bytes::{Bytes, BytesMut};
-use memchr::memmem;
 
 /// Re-aligns a byte stream on SSE event boundaries.
 #[derive(Debug, Default)]
@@ -36,21 +35,24 @@ impl Frames {
     }
 }
 
-/// The end of the last complete event in `buf` (0 if none).
-fn last_boundary(buf: &[u8]) -> usize {
-    let lf = memmem::rfind(buf, b"\n\n").map_or(0, |i| i + 2);
-    let crlf = memmem::rfind(buf, b"\n\r\n").map_or(0, |i| i + 3);
-    lf.max(crlf)
+/// The end of the last complete event in `buf` (0 if none). An event ends with a blank line:
+/// `\n\n` or `\n\r\n`. One backward pass over the newlines.
+pub(crate) fn last_boundary(buf: &[u8]) -> usize {
+    memchr::memrchr_iter(b'\n', buf)
+        .find(|&i| {
+            (i >= 1 && buf[i - 1] == b'\n')
+                || (i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n')
+        })
+        .map_or(0, |i| i + 1)
 }
 
-/// The end of the first complete event in `buf`.
-fn first_boundary(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::find(buf, b"\n\r\n").map(|i| i + 3);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// The end of the first complete event in `buf`. One forward pass over the newlines.
+pub(crate) fn first_boundary(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1) {
+        Some(b'\n') => Some(i + 2),
+        Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// Splits complete events into single events (with their terminating blank line).
@@ -100,6 +102,19 @@ mod tests {
         assert_eq!(f.rest(), "");
         assert_eq!(f.push(Bytes::from_static(b"data: tail")), "");
         assert_eq!(f.rest(), "data: tail");
+    }
+
+    #[test]
+    fn boundaries_are_blank_lines_of_either_kind() {
+        assert_eq!(last_boundary(b""), 0);
+        assert_eq!(last_boundary(b"data: a\n"), 0);
+        assert_eq!(last_boundary(b"data: a\n\ndata: b\n"), 9);
+        assert_eq!(last_boundary(b"data: a\r\n\r\ndata: b"), 11);
+        assert_eq!(last_boundary(b"\n\n"), 2);
+        assert_eq!(first_boundary(b"data: a\ndata: b\n\nx\n\n"), Some(17));
+        assert_eq!(first_boundary(b"data: a\r\n\r\n"), Some(11));
+        assert_eq!(first_boundary(b"data: a\r\n"), None);
+        assert_eq!(first_boundary(b"data: a\n"), None);
     }
 
     #[test]

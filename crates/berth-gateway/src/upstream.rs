@@ -1,13 +1,15 @@
-//! The replica client for answers that are not streamed: HTTP/1.1 over pooled keep-alive
-//! connections, written and read by the calling task itself.
+//! The replica client: HTTP/1.1 over pooled keep-alive connections, written and read by the
+//! calling task itself.
 //!
-//! hyper's pooled client runs each connection as a task of its own and hands the request, the
-//! response head and every body chunk to it over channels: several task hand-offs a call, which
-//! on one core cost more than the proxying itself (docs/BENCHMARKS.md). A non-streamed answer
-//! needs none of that: take an idle connection of the replica, write the request in one call,
-//! parse the head with `httparse` (hyper's own parser), read the body (`Content-Length` or
-//! chunked), put the connection back. Streams keep hyper's client, where chunks must flow to
-//! the caller as they arrive.
+//! A general client (hyper's pooled one) runs each connection as a task of its own and hands
+//! the request, the response head and every body chunk to it over channels: several task
+//! hand-offs a call, which on one core cost more than the proxying itself, and one more hop
+//! between a streamed token and the client (docs/BENCHMARKS.md). Here the caller takes an idle
+//! connection of the replica, writes the request in one call and parses the head with
+//! `httparse` (hyper's own parser). A whole answer ([`post`]) is then read to its end; a
+//! streamed one ([`post_streaming`]) is a [`BodyReader`] that decodes the body as whoever polls
+//! it reads the socket, so each chunk reaches the client with no hand-off. Either way the
+//! connection goes back to the pool once its answer has been read cleanly.
 //!
 //! Only what a replica may answer is supported: HTTP/1.x, a `Content-Length`, chunked or
 //! close-delimited body, keep-alive unless `Connection: close`. Anything else is a protocol error,
@@ -15,11 +17,13 @@
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::task::Context;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -115,6 +119,61 @@ pub(crate) async fn post(
     body: &[u8],
     settings: Settings,
 ) -> Result<Answer, SendError> {
+    let mut conn = send(idle, addr, path, body, settings).await?;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let head = read_head(&mut conn, &mut buf, addr).await?;
+    let (answer, keep_alive) = read_body(&mut conn, buf, head, addr).await?;
+    if keep_alive {
+        idle.put(conn);
+    }
+    Ok(answer)
+}
+
+/// Like [`post`], but returns once the response head is in; the body is read as the returned
+/// reader is polled, and its connection goes back to `idle` when the body has been read to
+/// its end.
+pub(crate) async fn post_streaming(
+    idle: &Arc<IdleConns>,
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    settings: Settings,
+) -> Result<Streaming, SendError> {
+    let mut conn = send(idle, addr, path, body, settings).await?;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let head = read_head(&mut conn, &mut buf, addr).await?;
+    let state = match head.framing {
+        Framing::Length(0) => BodyState::Done,
+        Framing::Length(n) => BodyState::Length(n),
+        Framing::Chunked => BodyState::Chunk(ChunkState::Size),
+        Framing::UntilClose => BodyState::UntilClose,
+    };
+    let mut body = BodyReader {
+        conn: Some(conn),
+        buf,
+        state,
+        keep_alive: head.keep_alive,
+        idle: idle.clone(),
+        addr,
+        read: 0,
+    };
+    if matches!(body.state, BodyState::Done) {
+        body.finish();
+    }
+    Ok(Streaming {
+        status: head.status,
+        body,
+    })
+}
+
+/// Takes or opens a connection to `addr` and writes the request on it.
+async fn send(
+    idle: &IdleConns,
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    settings: Settings,
+) -> Result<TcpStream, SendError> {
     let mut conn = match idle.take(settings.idle_timeout) {
         Some(conn) => conn,
         None => connect(addr, settings.connect_timeout).await?,
@@ -127,13 +186,10 @@ pub(crate) async fn post(
         body.len()
     );
     request.extend_from_slice(body);
-    let io_err = |source| SendError::Io { addr, source };
-    conn.write_all(&request).await.map_err(io_err)?;
-    let (answer, keep_alive) = read_answer(&mut conn, addr).await?;
-    if keep_alive {
-        idle.put(conn);
-    }
-    Ok(answer)
+    conn.write_all(&request)
+        .await
+        .map_err(|source| SendError::Io { addr, source })?;
+    Ok(conn)
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, SendError> {
@@ -272,11 +328,15 @@ fn cut_short(addr: SocketAddr, what: &str) -> SendError {
     }
 }
 
-/// Reads one whole answer; the flag says whether the connection can carry another request.
-async fn read_answer(conn: &mut TcpStream, addr: SocketAddr) -> Result<(Answer, bool), SendError> {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+/// Reads a response head (interim answers skipped) into `buf` and takes it off; what follows
+/// it stays in `buf`.
+async fn read_head(
+    conn: &mut TcpStream,
+    buf: &mut BytesMut,
+    addr: SocketAddr,
+) -> Result<Head, SendError> {
     let head = loop {
-        match parse_head(&buf, addr)? {
+        match parse_head(buf, addr)? {
             // An interim answer (100 Continue) is skipped; the real one follows.
             Some(h) if (100..200).contains(&h.status) => {
                 buf.advance(h.len);
@@ -291,7 +351,7 @@ async fn read_answer(conn: &mut TcpStream, addr: SocketAddr) -> Result<(Answer, 
             }
             None => {}
         }
-        if !fill(conn, &mut buf, addr).await? {
+        if !fill(conn, buf, addr).await? {
             return Err(cut_short(
                 addr,
                 if buf.is_empty() {
@@ -303,6 +363,17 @@ async fn read_answer(conn: &mut TcpStream, addr: SocketAddr) -> Result<(Answer, 
         }
     };
     buf.advance(head.len);
+    Ok(head)
+}
+
+/// Reads the whole body that follows `head`; the flag says whether the connection can carry
+/// another request.
+async fn read_body(
+    conn: &mut TcpStream,
+    mut buf: BytesMut,
+    head: Head,
+    addr: SocketAddr,
+) -> Result<(Answer, bool), SendError> {
     let (body, clean) = match head.framing {
         Framing::Length(len) => {
             while buf.len() < len {
@@ -386,6 +457,215 @@ async fn read_chunked(
             return Err(protocol("chunk not followed by CRLF"));
         }
         buf.advance(size + 2);
+    }
+}
+
+/// A replica's answer whose body is still to be read.
+#[derive(Debug)]
+pub(crate) struct Streaming {
+    pub status: u16,
+    pub body: BodyReader,
+}
+
+/// Where a [`BodyReader`] is in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    /// Bytes of a `Content-Length` body still to come.
+    Length(usize),
+    Chunk(ChunkState),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Bytes of the current chunk still to come.
+    Data(usize),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// What the bytes in the buffer gave.
+enum Step {
+    Data(Bytes),
+    NeedMore,
+    Done,
+}
+
+/// The body of a streamed answer, as a stream of data as it arrives. The socket is read by
+/// whoever polls it. Read to its end cleanly, the connection goes back to the replica's pool;
+/// dropped before, it is closed (a half-read answer cannot carry another request), which tells
+/// the replica to stop.
+#[derive(Debug)]
+pub(crate) struct BodyReader {
+    conn: Option<TcpStream>,
+    buf: BytesMut,
+    state: BodyState,
+    keep_alive: bool,
+    idle: Arc<IdleConns>,
+    addr: SocketAddr,
+    /// Body bytes delivered so far.
+    read: usize,
+}
+
+impl BodyReader {
+    /// Reads the rest of the body (an error answer, a few hundred bytes).
+    pub async fn collect(mut self) -> Result<Bytes, SendError> {
+        let mut body = BytesMut::new();
+        while let Some(piece) = self.next().await {
+            body.extend_from_slice(&piece?);
+        }
+        Ok(body.freeze())
+    }
+
+    fn protocol(&self, reason: &str) -> SendError {
+        SendError::Protocol {
+            addr: self.addr,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Takes what it can out of the buffer.
+    fn decode(&mut self) -> Result<Step, SendError> {
+        loop {
+            match self.state {
+                BodyState::Done => return Ok(Step::Done),
+                BodyState::Length(left) | BodyState::Chunk(ChunkState::Data(left)) => {
+                    if self.buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let n = left.min(self.buf.len());
+                    let left = left - n;
+                    self.state = match self.state {
+                        BodyState::Length(_) if left == 0 => BodyState::Done,
+                        BodyState::Length(_) => BodyState::Length(left),
+                        _ if left == 0 => BodyState::Chunk(ChunkState::DataEnd),
+                        _ => BodyState::Chunk(ChunkState::Data(left)),
+                    };
+                    return Ok(Step::Data(self.buf.split_to(n).freeze()));
+                }
+                BodyState::UntilClose => {
+                    if self.buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    return Ok(Step::Data(self.buf.split().freeze()));
+                }
+                BodyState::Chunk(ChunkState::Size) => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((start, size))) => {
+                        self.buf.advance(start);
+                        let size = usize::try_from(size)
+                            .ok()
+                            .filter(|s| self.read.saturating_add(*s) <= MAX_BODY)
+                            .ok_or_else(|| self.protocol("answer over the size limit"))?;
+                        self.state = BodyState::Chunk(if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                        return Err(self.protocol("chunk size line too long"))
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
+                    Err(_) => return Err(self.protocol("bad chunk size")),
+                },
+                BodyState::Chunk(ChunkState::DataEnd) => {
+                    if self.buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err(self.protocol("chunk not followed by CRLF"));
+                    }
+                    self.buf.advance(2);
+                    self.state = BodyState::Chunk(ChunkState::Size);
+                }
+                BodyState::Chunk(ChunkState::Trailers) => {
+                    match memchr::memmem::find(&self.buf, b"\r\n") {
+                        Some(0) => {
+                            self.buf.advance(2);
+                            self.state = BodyState::Done;
+                        }
+                        Some(end) => self.buf.advance(end + 2),
+                        None if self.buf.len() > MAX_HEAD => {
+                            return Err(self.protocol("trailers too long"))
+                        }
+                        None => return Ok(Step::NeedMore),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The body has been read: the connection goes back to the pool if it can carry another
+    /// request (nothing unasked-for after the answer).
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && self.buf.is_empty() {
+                self.idle.put(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: SendError) -> Poll<Option<Result<Bytes, SendError>>> {
+        self.state = BodyState::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Stream for BodyReader {
+    type Item = Result<Bytes, SendError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match this.decode() {
+                Ok(Step::Data(data)) => {
+                    this.read += data.len();
+                    if this.state == BodyState::Done {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(Step::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => return this.fail(e),
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.buf.capacity() - this.buf.len() < 4096 {
+                this.buf.reserve(16 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(conn), cx, &mut this.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if this.state == BodyState::UntilClose => {
+                    this.state = BodyState::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    let e = cut_short(this.addr, "the replica closed the connection mid-body");
+                    return this.fail(e);
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(source)) => {
+                    let e = SendError::Io {
+                        addr: this.addr,
+                        source,
+                    };
+                    return this.fail(e);
+                }
+            }
+        }
     }
 }
 

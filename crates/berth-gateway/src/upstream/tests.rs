@@ -98,6 +98,25 @@ async fn call(idle: &IdleConns, addr: SocketAddr) -> Result<Answer, SendError> {
     post(idle, addr, "/v1/chat/completions", br#"{"a":1}"#, SETTINGS).await
 }
 
+/// The same call, streamed: the body read through a [`BodyReader`] to its end.
+async fn call_streaming(idle: &Arc<IdleConns>, addr: SocketAddr) -> Result<Answer, SendError> {
+    let resp = post_streaming(idle, addr, "/v1/chat/completions", br#"{"a":1}"#, SETTINGS).await?;
+    Ok(Answer {
+        status: resp.status,
+        body: resp.body.collect().await?,
+    })
+}
+
+/// Both ways of calling, for the tests that must hold for each.
+async fn call_both(addr: SocketAddr, streamed: bool) -> Result<Answer, SendError> {
+    let idle = Arc::default();
+    if streamed {
+        call_streaming(&idle, addr).await
+    } else {
+        call(&idle, addr).await
+    }
+}
+
 const OK: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
 
@@ -203,9 +222,11 @@ async fn answers_cut_short_are_errors() {
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nshort",
         b"HTTP/1.1 200 OK\r\ncontent-le",
     ] {
-        let (addr, _) = replica(vec![Reply::SendClose(reply)]).await;
-        let e = call(&IdleConns::default(), addr).await.unwrap_err();
-        assert!(matches!(e, SendError::Io { .. }), "{e}");
+        for streamed in [false, true] {
+            let (addr, _) = replica(vec![Reply::SendClose(reply)]).await;
+            let e = call_both(addr, streamed).await.unwrap_err();
+            assert!(matches!(e, SendError::Io { .. }), "{e}");
+        }
     }
 }
 
@@ -220,13 +241,15 @@ async fn malformed_answers_are_protocol_errors() {
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
     ] {
-        let (addr, _) = replica(vec![Reply::SendClose(reply)]).await;
-        let e = call(&IdleConns::default(), addr).await.unwrap_err();
-        assert!(
-            matches!(e, SendError::Protocol { .. }),
-            "{}: {e}",
-            String::from_utf8_lossy(reply)
-        );
+        for streamed in [false, true] {
+            let (addr, _) = replica(vec![Reply::SendClose(reply)]).await;
+            let e = call_both(addr, streamed).await.unwrap_err();
+            assert!(
+                matches!(e, SendError::Protocol { .. }),
+                "{} (streamed: {streamed}): {e}",
+                String::from_utf8_lossy(reply)
+            );
+        }
     }
 }
 
@@ -241,4 +264,129 @@ async fn a_response_head_that_never_ends_is_refused() {
     let (addr, _) = replica(vec![Reply::Send(head)]).await;
     let e = call(&IdleConns::default(), addr).await.unwrap_err();
     assert!(matches!(e, SendError::Protocol { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn streamed_bodies_decode_as_whole_ones_and_their_connections_are_reused() {
+    for (reply, body) in [
+        (OK, &br#"{"ok":true}"#[..]),
+        (
+            &b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\nA;ext=1\r\n:[1,2,3,4]\r\n1\r\n}\r\n0\r\nx-trailer: 1\r\n\r\n"[..],
+            br#"{"a":[1,2,3,4]}"#,
+        ),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            b"",
+        ),
+    ] {
+        let (addr, seen) = replica(vec![Reply::Send(reply)]).await;
+        let idle = Arc::new(IdleConns::default());
+        for _ in 0..3 {
+            let streamed = call_streaming(&idle, addr).await.unwrap();
+            assert_eq!(&streamed.body[..], body);
+            let whole = call(&idle, addr).await.unwrap();
+            assert_eq!((streamed.status, &streamed.body), (whole.status, &whole.body));
+        }
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 6);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1, "{reply:?}");
+    }
+    let (addr, seen) = replica(vec![Reply::SendClose(
+        b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+    )])
+    .await;
+    let idle = Arc::new(IdleConns::default());
+    for _ in 0..2 {
+        let a = call_streaming(&idle, addr).await.unwrap();
+        assert_eq!(&a.body[..], b"until the end");
+    }
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        2,
+        "close-delimited: not pooled"
+    );
+}
+
+/// A replica that sends `first`, waits for `go`, then sends `rest` a few bytes at a time.
+async fn paced_replica(
+    first: &'static [u8],
+    rest: &'static [u8],
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<bool>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_request(&mut conn, &mut buf).await.unwrap();
+        conn.write_all(first).await.unwrap();
+        if go_rx.await.is_ok() {
+            for piece in rest.chunks(3) {
+                conn.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // Reports whether the client closed the connection (rather than sending more).
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b)).await;
+        let _ = closed_tx.send(matches!(n, Ok(Ok(0)) | Ok(Err(_))));
+    });
+    (addr, go_tx, closed_rx)
+}
+
+#[tokio::test]
+async fn streamed_bodies_come_piece_by_piece_as_they_arrive() {
+    let (addr, go, _) = paced_replica(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nd\r\nfirst ",
+        b"event\n\n\r\n6\r\nsecond\r\n0\r\n\r\n",
+    )
+    .await;
+    let idle = Arc::new(IdleConns::default());
+    let resp = post_streaming(&idle, addr, "/v1/chat/completions", b"{}", SETTINGS)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let mut body = resp.body;
+    // The part of the first chunk that is in goes out before the replica sends anything more.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .expect("the data that arrived was held back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"first ");
+    go.send(()).unwrap();
+    let mut rest = Vec::new();
+    while let Some(piece) = body.next().await {
+        rest.extend_from_slice(&piece.unwrap());
+    }
+    assert_eq!(&rest[..], b"event\n\nsecond");
+    assert_eq!(
+        idle.conns.lock().unwrap().len(),
+        1,
+        "read to its end: pooled"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_body_dropped_midway_closes_its_connection() {
+    let (addr, go, closed) =
+        paced_replica(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nsome", b"").await;
+    // Nothing more will come: the replica just watches the connection.
+    drop(go);
+    let idle = Arc::new(IdleConns::default());
+    let resp = post_streaming(&idle, addr, "/v1/chat/completions", b"{}", SETTINGS)
+        .await
+        .unwrap();
+    let mut body = resp.body;
+    assert_eq!(&body.next().await.unwrap().unwrap()[..], b"some");
+    drop(body);
+    assert!(
+        closed.await.unwrap(),
+        "the replica did not see the connection close"
+    );
+    assert!(idle.conns.lock().unwrap().is_empty());
 }
