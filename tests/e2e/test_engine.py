@@ -229,6 +229,21 @@ def test_chat_stream_contains_paris_with_usage(engine):
     assert whole.usage.prompt_tokens == usage.prompt_tokens
 
 
+def test_continuous_usage_stats_give_running_usage_on_every_chunk(engine):
+    stream = chat(engine.client(), FRANCE, max_tokens=16, stream=True,
+                  stream_options={"include_usage": True, "continuous_usage_stats": True})
+    chunks = list(stream)
+    usages = [c.usage for c in chunks]
+    assert all(u is not None for u in usages), chunks
+    prompt = usages[-1].prompt_tokens
+    assert prompt > 5 and all(u.prompt_tokens == prompt for u in usages)
+    done = [u.completion_tokens for u in usages]
+    assert done == sorted(done) and done[0] == 0 and done[-1] > 0, done
+    assert all(u.total_tokens == u.prompt_tokens + u.completion_tokens for u in usages)
+    # Content chunks count the tokens generated so far; the usage-only chunk is last.
+    assert chunks[-1].choices == [] and done[-2] == done[-1]
+
+
 def test_raw_stream_ends_with_done(engine):
     r = requests.post(engine.base + "/v1/chat/completions", stream=True, timeout=60, json={
         "messages": [{"role": "user", "content": FRANCE}], "temperature": 0,

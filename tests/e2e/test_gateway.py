@@ -96,9 +96,12 @@ def test_dashscope_sdk_streaming(smollm, incremental):
         assert all(texts[i + 1].startswith(texts[i]) for i in range(len(texts) - 1))
     assert "Paris" in full
     outs = [e.usage.output_tokens for e in events]
-    assert outs == sorted(outs), "usage is cumulative"
+    assert outs == sorted(outs) and outs[0] > 0, "usage is cumulative"
     last = events[-1].usage
     assert last.input_tokens > 0 and last.total_tokens == last.input_tokens + last.output_tokens
+    # The prompt's size is known from the first event on, as upstream reports it.
+    assert all(e.usage.input_tokens == last.input_tokens for e in events), [e.usage for e in events]
+    assert all(e.usage.total_tokens == e.usage.input_tokens + e.usage.output_tokens for e in events)
     assert len({e.request_id for e in events}) == 1
 
 

@@ -25,6 +25,10 @@ pub struct ChatRequestPeek<'a> {
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
+    /// With `include_usage`, usage so far on every chunk (vLLM's extension, which `berth engine`
+    /// speaks); other servers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_usage_stats: Option<bool>,
 }
 
 /// A chat request built by the gateway (from a native request).

@@ -23,6 +23,10 @@ pub struct StreamOptions {
     /// Send a last chunk with `usage` before `[DONE]`.
     #[serde(default)]
     pub include_usage: Option<bool>,
+    /// With `include_usage`: every chunk carries the usage so far (vLLM's extension), so a
+    /// client knows the prompt's size from the first chunk.
+    #[serde(default)]
+    pub continuous_usage_stats: Option<bool>,
 }
 
 /// Sampling and length fields shared by chat and text completions.
@@ -179,7 +183,8 @@ pub struct ChatCompletionChunk {
     pub created: u64,
     pub model: String,
     pub choices: Vec<ChunkChoice>,
-    /// Present (and `null`) on every chunk when usage was requested; set on the last one.
+    /// Present (and `null`) on every chunk when usage was requested; set on the last one, or
+    /// on every one with `continuous_usage_stats`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
 }

@@ -278,6 +278,7 @@ async fn generate(
             "the engine is at capacity (all slots busy and the queue is full); retry later",
         ));
     };
+    let prompt_tokens = tokens.len() as u32;
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt: tokens,
@@ -292,7 +293,10 @@ async fn generate(
         state.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::Internal("the decode thread is gone".into()));
     }
-    let renderer = Renderer::new(endpoint, state.model_id.clone(), options.include_usage);
+    let mut renderer = Renderer::new(endpoint, state.model_id.clone(), options.include_usage);
+    if options.continuous_usage {
+        renderer.continuous_usage = Some(prompt_tokens);
+    }
     if options.stream {
         Ok(stream_response(renderer, rx, permit))
     } else {
@@ -310,7 +314,7 @@ async fn collect(
     let mut text = String::new();
     let value = loop {
         match rx.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Text(t, _)) => text.push_str(&t),
             Some(Event::Done {
                 reason,
                 prompt_tokens,
@@ -367,7 +371,7 @@ fn stream_response(
             Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), st)),
         };
         let frame = match event {
-            Some(Event::Text(t)) => st.renderer.text(t),
+            Some(Event::Text(t, generated)) => st.renderer.text(t, generated),
             Some(Event::Done {
                 reason,
                 prompt_tokens,

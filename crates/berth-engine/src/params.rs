@@ -84,6 +84,9 @@ pub struct GenOptions {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Usage so far on every chunk (`stream_options.continuous_usage_stats` with
+    /// `include_usage`).
+    pub continuous_usage: bool,
 }
 
 /// A chat message after checking: role and plain-text content.
@@ -278,16 +281,16 @@ fn options(w: SamplingWire, max_tokens: Option<i64>) -> Result<GenOptions, Inval
         ));
     }
     let stream = w.stream.unwrap_or(false);
-    let include_usage = w
-        .stream_options
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let options = w.stream_options.unwrap_or_default();
+    let include_usage = options.include_usage.unwrap_or(false);
+    let continuous_usage = include_usage && options.continuous_usage_stats.unwrap_or(false);
     Ok(GenOptions {
         sampling: s,
         max_tokens,
         stop,
         stream,
         include_usage,
+        continuous_usage,
     })
 }
 
@@ -344,8 +347,19 @@ mod tests {
         assert_eq!(s.seed, Some(7));
         assert_eq!(p.options.max_tokens, Some(16));
         assert_eq!(p.options.stop, vec!["\n".to_string()]);
-        assert!(p.options.stream && p.options.include_usage);
+        assert!(p.options.stream && p.options.include_usage && !p.options.continuous_usage);
         assert!(!s.penalties_off());
+    }
+
+    #[test]
+    fn continuous_usage_needs_include_usage() {
+        let opts = |o: serde_json::Value| {
+            chat_json(base(json!({"stream": true, "stream_options": o}))).unwrap()
+        };
+        let p = opts(json!({"include_usage": true, "continuous_usage_stats": true}));
+        assert!(p.options.include_usage && p.options.continuous_usage);
+        let p = opts(json!({"continuous_usage_stats": true}));
+        assert!(!p.options.include_usage && !p.options.continuous_usage);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Renderer {
     pub created: u64,
     pub model: String,
     pub include_usage: bool,
+    /// `Some(prompt tokens)`: every chunk carries the usage so far
+    /// (`stream_options.continuous_usage_stats`).
+    pub continuous_usage: Option<u32>,
 }
 
 /// One SSE `data:` frame.
@@ -55,6 +58,7 @@ impl Renderer {
             created,
             model,
             include_usage,
+            continuous_usage: None,
         }
     }
 
@@ -103,14 +107,15 @@ impl Renderer {
                     content: Some(String::new()),
                 },
                 None,
-                None,
+                self.usage_so_far(0),
             )),
             Endpoint::Text => None,
         }
     }
 
-    /// A frame carrying generated text.
-    pub fn text(&self, text: String) -> Bytes {
+    /// A frame carrying generated text; `generated` is the number of tokens so far.
+    pub fn text(&self, text: String, generated: u32) -> Bytes {
+        let usage = self.usage_so_far(generated);
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(
                 Delta {
@@ -118,10 +123,16 @@ impl Renderer {
                     content: Some(text),
                 },
                 None,
-                None,
+                usage,
             ),
-            Endpoint::Text => self.text_chunk(text, None, None),
+            Endpoint::Text => self.text_chunk(text, None, usage),
         }
+    }
+
+    /// The usage to put on a chunk with continuous usage stats.
+    fn usage_so_far(&self, generated: u32) -> Option<Usage> {
+        self.continuous_usage
+            .map(|prompt| Usage::new(prompt, generated))
     }
 
     /// The closing frames: finish reason, the usage chunk if asked for, and `[DONE]`.
@@ -129,7 +140,8 @@ impl Renderer {
         let mut out = Vec::new();
         match self.endpoint {
             Endpoint::Chat => {
-                out.extend_from_slice(&self.chat_chunk(Delta::default(), Some(reason), None));
+                let running = self.continuous_usage.map(|_| usage);
+                out.extend_from_slice(&self.chat_chunk(Delta::default(), Some(reason), running));
                 if self.include_usage {
                     out.extend_from_slice(&sse_frame(&ChatCompletionChunk {
                         id: self.id.clone(),
@@ -142,7 +154,8 @@ impl Renderer {
                 }
             }
             Endpoint::Text => {
-                out.extend_from_slice(&self.text_chunk(String::new(), Some(reason), None));
+                let running = self.continuous_usage.map(|_| usage);
+                out.extend_from_slice(&self.text_chunk(String::new(), Some(reason), running));
                 if self.include_usage {
                     out.extend_from_slice(&sse_frame(&TextCompletion {
                         id: self.id.clone(),
@@ -255,7 +268,7 @@ mod tests {
                    "choices":[{"index":0,"delta":{"role":"assistant","content":""},
                                "logprobs":null,"finish_reason":null}]})
         );
-        let text = frames(&r.text("Par".into()));
+        let text = frames(&r.text("Par".into(), 1));
         assert_eq!(text[0]["choices"][0]["delta"], json!({"content":"Par"}));
         assert!(text[0].get("usage").is_none());
         let end = frames(&r.finish(FinishReason::Stop, Usage::new(10, 3)));
@@ -268,7 +281,7 @@ mod tests {
     #[test]
     fn chat_stream_with_usage_chunk() {
         let r = chat(true);
-        let text = frames(&r.text("x".into()));
+        let text = frames(&r.text("x".into(), 1));
         assert_eq!(text[0]["usage"], Value::Null);
         let end = frames(&r.finish(FinishReason::Length, Usage::new(10, 3)));
         assert_eq!(end.len(), 3);
@@ -282,11 +295,38 @@ mod tests {
     }
 
     #[test]
+    fn continuous_usage_is_on_every_chunk() {
+        let mut r = chat(true);
+        r.continuous_usage = Some(10);
+        let start = frames(&r.start().unwrap());
+        assert_eq!(
+            start[0]["usage"],
+            json!({"prompt_tokens":10,"completion_tokens":0,"total_tokens":10})
+        );
+        let text = frames(&r.text("x".into(), 2));
+        assert_eq!(
+            text[0]["usage"],
+            json!({"prompt_tokens":10,"completion_tokens":2,"total_tokens":12})
+        );
+        let end = frames(&r.finish(FinishReason::Stop, Usage::new(10, 3)));
+        assert_eq!(end.len(), 3);
+        assert_eq!(end[0]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(end[0]["usage"]["completion_tokens"], 3);
+        assert_eq!(end[1]["choices"], json!([]));
+        assert_eq!(end[1]["usage"]["total_tokens"], 13);
+
+        let mut r = Renderer::new(Endpoint::Text, "smol".into(), true);
+        r.continuous_usage = Some(4);
+        let t = frames(&r.text("abc".into(), 1));
+        assert_eq!(t[0]["usage"]["total_tokens"], 5);
+    }
+
+    #[test]
     fn text_stream_and_response() {
         let mut r = Renderer::new(Endpoint::Text, "smol".into(), false);
         r.id = "cmpl-1".into();
         assert!(r.start().is_none());
-        let t = frames(&r.text("abc".into()));
+        let t = frames(&r.text("abc".into(), 1));
         assert_eq!(t[0]["object"], "text_completion");
         assert_eq!(t[0]["choices"][0]["text"], "abc");
         let full = r.response("abc".into(), FinishReason::Stop, Usage::new(2, 1));

@@ -56,8 +56,9 @@ impl FinishReason {
 /// What the decode thread sends back for a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Newly generated text (complete UTF-8, stop strings removed).
-    Text(String),
+    /// Newly generated text (complete UTF-8, stop strings removed) and the number of tokens
+    /// generated so far.
+    Text(String, u32),
     /// The job finished; no more events follow.
     Done {
         reason: FinishReason,
@@ -485,7 +486,13 @@ impl<'m> Batcher<'m> {
         vocab.token_to_piece_into(token, &mut self.piece, false, None);
         let text = slot.utf8.push(&self.piece);
         let step = slot.stop.push(&text);
-        if !step.emit.is_empty() && slot.job.events.send(Event::Text(step.emit)).is_err() {
+        if !step.emit.is_empty()
+            && slot
+                .job
+                .events
+                .send(Event::Text(step.emit, slot.generated))
+                .is_err()
+        {
             self.release(i, Outcome::Cancelled);
             return;
         }
@@ -516,7 +523,7 @@ impl<'m> Batcher<'m> {
             .request_duration
             .observe(slot.job.arrived.elapsed().as_secs_f64());
         if !rest.emit.is_empty() {
-            let _ = slot.job.events.send(Event::Text(rest.emit));
+            let _ = slot.job.events.send(Event::Text(rest.emit, slot.generated));
         }
         let reason = if stopped { FinishReason::Stop } else { reason };
         let _ = slot.job.events.send(Event::Done {

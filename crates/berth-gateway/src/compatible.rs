@@ -143,13 +143,15 @@ impl UsageTap {
         self.usage.saw_chunks(content_chunks(&events));
         let (events, usage) = take_usage(events, self.strip_usage);
         if let Some(total_tokens) = usage {
-            self.usage.record(total_tokens);
+            // Running (continuous usage stats) or final: the last one seen is charged when the
+            // stream ends.
+            self.usage.observe(total_tokens);
         }
         events
     }
 }
 
-/// Reads the usage (`total_tokens`) of `events` (whole events) and, with `strip`, takes out the
+/// Reads the usage (the last `total_tokens`) of `events` (whole events) and, with `strip`, takes out the
 /// usage-only chunk. Only the events that mention `"usage"` are parsed; the rest pass as they
 /// are, uncopied when nothing is taken out.
 fn take_usage(events: Bytes, strip: bool) -> (Bytes, Option<u64>) {
@@ -169,7 +171,7 @@ fn take_usage(events: Bytes, strip: bool) -> (Bytes, Option<u64>) {
             choices,
         }) = peek
         {
-            usage.get_or_insert(u.total_tokens);
+            usage = Some(u.total_tokens);
             if strip && choices.is_none_or(|c| c.is_empty()) {
                 kept.get_or_insert_with(|| BytesMut::with_capacity(events.len()))
                     .extend_from_slice(&events[copied..start]);
@@ -215,6 +217,12 @@ impl Stream for UsageTap {
                 Poll::Ready(None) => {
                     this.ended = true;
                     let rest = this.frames.rest();
+                    let rest = if rest.is_empty() {
+                        rest
+                    } else {
+                        this.inspect(rest)
+                    };
+                    this.usage.record_running();
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(rest)));
                     }
@@ -262,10 +270,13 @@ data: [DONE]
         assert_eq!(out, format!("{content}{done}"));
         assert_eq!(usage, Some(9));
 
-        // A chunk with choices keeps its place; only the first usage counts.
+        // A chunk with choices keeps its place (continuous usage stats put usage on every
+        // chunk); the last usage is the running total.
         let all = Bytes::from(format!("{with_usage}{content}{usage_only}"));
         let (out, usage) = take_usage(all, true);
         assert_eq!(out, format!("{with_usage}{content}"));
+        assert_eq!(usage, Some(9));
+        let (_, usage) = take_usage(Bytes::from(format!("{content}{with_usage}{content}")), true);
         assert_eq!(usage, Some(3));
 
         let plain = Bytes::from(format!("{content}{done}"));

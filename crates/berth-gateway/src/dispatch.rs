@@ -80,15 +80,19 @@ enum SendFailure {
 
 /// Charges the tokens of one response to its deployment, once.
 ///
-/// A stream reports its exact usage in its last chunk. One that ends before it (the client
-/// left, the replica broke off) is charged, when it is dropped, the content chunks it delivered:
-/// a lower bound (about one token a chunk; its prompt is not known), rather than nothing.
+/// A stream reports its exact usage in its last chunk (and, with continuous usage stats, the
+/// usage so far in every chunk). One that ends before it (the client left, the replica broke
+/// off) is charged, when it is dropped, the last running usage it carried, or else the content
+/// chunks it delivered: a lower bound (about one token a chunk; its prompt is not known),
+/// rather than nothing.
 pub(crate) struct Accounting {
     state: Arc<DeploymentState>,
     tpm_limit: Option<u64>,
     clock: Clock,
     /// Content chunks seen in a stream whose usage has not come yet.
     seen: u64,
+    /// The latest running total seen in a stream.
+    running: Option<u64>,
     charged: bool,
 }
 
@@ -106,6 +110,23 @@ impl Accounting {
         self.seen += n;
     }
 
+    /// Notes a running total (usage so far) of a stream; the latest is charged if the stream
+    /// ends without [`Self::record`] or [`Self::record_running`].
+    pub fn observe(&mut self, total_tokens: u64) {
+        self.running = Some(total_tokens);
+    }
+
+    /// Charges the latest running total, at the end of a stream; false when there was none.
+    pub fn record_running(&mut self) -> bool {
+        match self.running {
+            Some(total) => {
+                self.record(total);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn charge(&self, tokens: u64) {
         self.state.tokens_total.fetch_add(tokens, Ordering::Relaxed);
         if let Some(limit) = self.tpm_limit {
@@ -116,8 +137,12 @@ impl Accounting {
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        if !self.charged && self.seen > 0 {
-            self.charge(self.seen);
+        if !self.charged {
+            match self.running {
+                Some(total) => self.charge(total),
+                None if self.seen > 0 => self.charge(self.seen),
+                None => {}
+            }
         }
     }
 }
@@ -173,6 +198,7 @@ impl Inner {
                             tpm_limit: route.entry.tpm_limit,
                             clock: self.clock,
                             seen: 0,
+                            running: None,
                             charged: false,
                         };
                         return Ok(Dispatched {

@@ -6,10 +6,12 @@
 //!
 //! Streaming (`X-DashScope-SSE: enable`) writes one event per generated chunk, framed exactly as
 //! DashScope does (`id:N`, `event:result`, `:HTTP_STATUS/200`, `data:{...}`, blank line), with
-//! `finish_reason` `"null"` until the last event and cumulative `usage` on every event.
-//! `output_tokens` counts the chunks received so far. Replicas report the prompt's token count
-//! only with their final usage chunk, so `input_tokens` is 0 on the events before the last and
-//! exact on the last one (as are `output_tokens` and `total_tokens`); berth does not estimate.
+//! `finish_reason` `"null"` until the last event and cumulative `usage` on every event. The
+//! replica is asked for usage on every chunk (`stream_options.continuous_usage_stats`, which
+//! `berth engine` and vLLM speak), so `input_tokens` is exact from the first event and
+//! `output_tokens` counts the tokens generated so far. A replica that ignores the option reports
+//! usage only at the end: then `input_tokens` is 0 before the last event and `output_tokens`
+//! counts content chunks; the last event is exact either way. berth does not estimate.
 //! A failure after the stream started is an `event:error` with `:HTTP_STATUS/<code>`.
 
 use std::fmt::Write as _;
@@ -194,8 +196,10 @@ fn to_chat(req: &GenerationRequest, stream: bool) -> ChatRequest<'_> {
         model: &req.model,
         messages,
         stream,
+        // Usage on every chunk, so each native event carries the prompt's size from the first.
         stream_options: stream.then_some(StreamOptions {
             include_usage: Some(true),
+            continuous_usage_stats: Some(true),
         }),
         temperature: p.temperature,
         top_p: p.top_p,
@@ -317,10 +321,14 @@ impl NativeStream {
     }
 
     fn write_result(&mut self, out: &mut BytesMut, finish_reason: &str) {
-        let input = self.upstream_usage.map_or(0, |u| u.prompt_tokens);
+        // A replica with continuous usage stats gives exact running counts; otherwise the
+        // prompt's size comes with the last chunk and the output is counted in content chunks.
+        let (input, output_tokens) = self.upstream_usage.map_or((0, self.output_tokens), |u| {
+            (u.prompt_tokens, u.completion_tokens)
+        });
         let event = GenerationResponse {
             output: output(self.format, &self.text, finish_reason),
-            usage: GenerationUsage::new(input, self.output_tokens),
+            usage: GenerationUsage::new(input, output_tokens),
             request_id: &self.request_id,
         };
         self.next_id += 1;
@@ -472,7 +480,7 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
-                "stream_options":{"include_usage":true},"seed":7,"stop":["x"],"top_k":5})
+                "stream_options":{"include_usage":true,"continuous_usage_stats":true},"seed":7,"stop":["x"],"top_k":5})
         );
         let v = serde_json::to_value(to_chat(&r, false)).unwrap();
         assert!(v.get("stream").is_none() && v.get("stream_options").is_none());
