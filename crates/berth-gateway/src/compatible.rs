@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
-use berth_api::openai::{ChatRequestPeek, UsagePeek};
+use berth_api::openai::{ChatRequestPeek, Usage, UsagePeek};
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use memchr::memmem;
@@ -66,10 +66,8 @@ impl Gateway {
             Reply::Whole(answer) => {
                 drop(guard);
                 if answer.status == 200 {
-                    if let Ok(UsagePeek { usage: Some(u), .. }) =
-                        serde_json::from_slice(&answer.body)
-                    {
-                        usage.record(u.total_tokens);
+                    if let Some(total_tokens) = answer_usage(&answer.body) {
+                        usage.record(total_tokens);
                     }
                 }
                 return Ok(GatewayResponse::full(answer.status, JSON, answer.body));
@@ -118,6 +116,28 @@ static CONTENT_KEY: LazyLock<memmem::Finder<'static>> =
 /// The key of a usage object.
 static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
+/// The `usage` key, searched from the end.
+static USAGE_KEY_REV: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
+
+/// `usage.total_tokens` of a whole completion. `usage` is the completion's last member, so it
+/// is found from the end and only it is parsed, provided nothing but the closing brace follows
+/// it; any other body is parsed whole.
+fn answer_usage(body: &[u8]) -> Option<u64> {
+    let tail = USAGE_KEY_REV.rfind(body).and_then(|at| {
+        let rest = body[at + 7..].trim_ascii_start().strip_prefix(b":")?;
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
+        let usage = values.next()?.ok()?;
+        (rest[values.byte_offset()..].trim_ascii() == b"}").then_some(usage.total_tokens)
+    });
+    tail.or_else(|| {
+        serde_json::from_slice::<UsagePeek>(body)
+            .ok()?
+            .usage
+            .map(|u| u.total_tokens)
+    })
+}
 
 /// Chunks with non-empty `content` among `events` (a replica sends about one token a chunk).
 fn content_chunks(events: &[u8]) -> u64 {
@@ -284,6 +304,25 @@ data: [DONE]
         // An unterminated last event is read too.
         let (out, usage) = take_usage(Bytes::from(usage_only.trim_end().to_owned()), true);
         assert_eq!((out.len(), usage), (0, Some(9)));
+    }
+
+    #[test]
+    fn usage_of_whole_answers() {
+        let usage = r#""usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}"#;
+        let at_end = format!(
+            r#"{{"id":"c","choices":[{{"message":{{"content":"\"usage\":1"}}}}],{usage}}}"#
+        );
+        assert_eq!(answer_usage(at_end.as_bytes()), Some(7));
+        assert_eq!(answer_usage(format!("{at_end}\n").as_bytes()), Some(7));
+        // Not last, or nested: the whole body is read, and the top-level usage wins.
+        let first = format!(r#"{{{usage},"x":{{"usage":{{"total_tokens":99}}}}}}"#);
+        assert_eq!(answer_usage(first.as_bytes()), Some(7));
+        let nested_last = format!(r#"{{"x":{{"usage":{{"total_tokens":99}}}},{usage}}}"#);
+        assert_eq!(answer_usage(nested_last.as_bytes()), Some(7));
+        let nested_only = r#"{"x":{"usage":{"total_tokens":99}}}"#;
+        assert_eq!(answer_usage(nested_only.as_bytes()), None);
+        assert_eq!(answer_usage(br#"{"usage":null}"#), None);
+        assert_eq!(answer_usage(b"not json"), None);
     }
 
     #[test]

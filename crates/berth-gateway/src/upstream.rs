@@ -15,10 +15,10 @@
 //! close-delimited body, keep-alive unless `Connection: close`. Anything else is a protocol error,
 //! never a panic.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,9 @@ pub(crate) struct Answer {
 #[derive(Debug, Default)]
 pub(crate) struct IdleConns {
     conns: Mutex<Vec<(TcpStream, Instant)>>,
+    /// The request head up to the `Content-Length` value, for the path first called: the same
+    /// for every call to a replica, so formatted (the address above all) once.
+    head: OnceLock<(String, Box<[u8]>)>,
 }
 
 impl IdleConns {
@@ -82,6 +85,19 @@ impl IdleConns {
             }
         }
         None
+    }
+
+    /// Appends the request head for `path` on the replica at `addr`, up to the
+    /// `Content-Length` value.
+    fn write_head(&self, addr: SocketAddr, path: &str, out: &mut Vec<u8>) {
+        let (cached_path, head) = self
+            .head
+            .get_or_init(|| (path.to_owned(), request_head(addr, path)));
+        if cached_path == path {
+            out.extend_from_slice(head);
+        } else {
+            out.extend_from_slice(&request_head(addr, path));
+        }
     }
 
     fn put(&self, conn: TcpStream) {
@@ -179,17 +195,32 @@ async fn send(
         None => connect(addr, settings.connect_timeout).await?,
     };
     let mut request = Vec::with_capacity(160 + body.len());
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        request,
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
+    idle.write_head(addr, path, &mut request);
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = body.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    request.extend_from_slice(&digits[at..]);
+    request.extend_from_slice(b"\r\n\r\n");
     request.extend_from_slice(body);
     conn.write_all(&request)
         .await
         .map_err(|source| SendError::Io { addr, source })?;
     Ok(conn)
+}
+
+/// `POST path` to `addr` with a JSON body, up to the `Content-Length` value.
+fn request_head(addr: SocketAddr, path: &str) -> Box<[u8]> {
+    format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: ")
+        .into_bytes()
+        .into_boxed_slice()
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, SendError> {

@@ -390,3 +390,36 @@ async fn a_streamed_body_dropped_midway_closes_its_connection() {
     );
     assert!(idle.conns.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn requests_carry_their_path_host_and_length() {
+    // A replica that answers each request and reports its head and body.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while let Some(end) = read_request(&mut conn, &mut buf).await {
+            tx.send(String::from_utf8(buf.drain(..end).collect()).unwrap())
+                .unwrap();
+            conn.write_all(OK).await.unwrap();
+        }
+    });
+    let idle = IdleConns::default();
+    let body = "x".repeat(1234);
+    for (path, body) in [
+        ("/v1/chat/completions", "{}"),
+        ("/other", ""),
+        ("/v1/chat/completions", &body),
+    ] {
+        post(&idle, addr, path, body.as_bytes(), SETTINGS)
+            .await
+            .unwrap();
+        let request = rx.recv().await.unwrap();
+        assert_eq!(
+            request,
+            format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        );
+    }
+}
