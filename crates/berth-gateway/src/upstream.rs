@@ -135,9 +135,7 @@ pub(crate) async fn post(
     body: &[u8],
     settings: Settings,
 ) -> Result<Answer, SendError> {
-    let mut conn = send(idle, addr, path, body, settings).await?;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let head = read_head(&mut conn, &mut buf, addr).await?;
+    let (mut conn, buf, head) = send(idle, addr, path, body, settings).await?;
     let (answer, keep_alive) = read_body(&mut conn, buf, head, addr).await?;
     if keep_alive {
         idle.put(conn);
@@ -155,9 +153,7 @@ pub(crate) async fn post_streaming(
     body: &[u8],
     settings: Settings,
 ) -> Result<Streaming, SendError> {
-    let mut conn = send(idle, addr, path, body, settings).await?;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let head = read_head(&mut conn, &mut buf, addr).await?;
+    let (conn, buf, head) = send(idle, addr, path, body, settings).await?;
     let state = match head.framing {
         Framing::Length(0) => BodyState::Done,
         Framing::Length(n) => BodyState::Length(n),
@@ -182,38 +178,30 @@ pub(crate) async fn post_streaming(
     })
 }
 
-/// Takes or opens a connection to `addr` and writes the request on it.
+/// Takes or opens a connection to `addr`, writes the request on it and reads the response
+/// head; what was read after the head is in the returned buffer.
 async fn send(
     idle: &IdleConns,
     addr: SocketAddr,
     path: &str,
     body: &[u8],
     settings: Settings,
-) -> Result<TcpStream, SendError> {
+) -> Result<(TcpStream, BytesMut, Head), SendError> {
     let mut conn = match idle.take(settings.idle_timeout) {
         Some(conn) => conn,
         None => connect(addr, settings.connect_timeout).await?,
     };
     let mut request = Vec::with_capacity(160 + body.len());
     idle.write_head(addr, path, &mut request);
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = body.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    request.extend_from_slice(&digits[at..]);
+    request.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     request.extend_from_slice(b"\r\n\r\n");
     request.extend_from_slice(body);
     conn.write_all(&request)
         .await
         .map_err(|source| SendError::Io { addr, source })?;
-    Ok(conn)
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let head = read_head(&mut conn, &mut buf, addr).await?;
+    Ok((conn, buf, head))
 }
 
 /// `POST path` to `addr` with a JSON body, up to the `Content-Length` value.

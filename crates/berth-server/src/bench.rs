@@ -10,12 +10,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use berth_control::Nudge;
-use berth_core::{Endpoint, ModelCatalog, RoutingEntry, RoutingTable, Status};
+use berth_core::{Endpoint, RoutingEntry, RoutingTable, Status};
 use berth_store::{SqliteStore, Store};
 
 use crate::auth::KeyRing;
-use crate::state::{AppInner, AppState};
+use crate::state::AppState;
 use crate::{keys, ServeError};
 
 /// Arguments of `berth gateway-bench`.
@@ -68,13 +67,7 @@ pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
         .entries
         .insert(("default".into(), args.model.clone()), Arc::new(entry));
     gateway.publish(Arc::new(table));
-    let state = AppState::new(AppInner {
-        store,
-        catalog: Arc::new(ModelCatalog { models: vec![] }),
-        keys,
-        nudge: Nudge::default(),
-        gateway,
-    });
+    let state = AppState::inference_only(store, keys, gateway);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -311,24 +311,19 @@ impl Connection {
             Answer::Gateway(GatewayResponse {
                 status,
                 content_type,
-                body: ResponseBody::Full(body),
+                body,
             }) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 start_head(&mut self.out, status, &id, head.keep_alive);
                 header(&mut self.out, "content-type", content_type.as_bytes());
-                self.write_whole(&body).await?;
-            }
-            Answer::Gateway(GatewayResponse {
-                status,
-                content_type,
-                body: ResponseBody::Stream(stream),
-            }) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-                start_head(&mut self.out, status, &id, head.keep_alive);
-                header(&mut self.out, "content-type", content_type.as_bytes());
-                header(&mut self.out, "cache-control", b"no-cache");
-                if !self.write_stream(stream).await? {
-                    return Ok(false);
+                match body {
+                    ResponseBody::Full(body) => self.write_whole(&body).await?,
+                    ResponseBody::Stream(stream) => {
+                        header(&mut self.out, "cache-control", b"no-cache");
+                        if !self.write_stream(stream).await? {
+                            return Ok(false);
+                        }
+                    }
                 }
             }
             Answer::Rendered(resp) => {
@@ -352,7 +347,7 @@ impl Connection {
         header(
             &mut self.out,
             "content-length",
-            itoa(body.len(), &mut [0; 20]),
+            itoa::Buffer::new().format(body.len()).as_bytes(),
         );
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(body);
@@ -516,18 +511,6 @@ fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {

@@ -28,6 +28,22 @@ impl AppState {
     pub fn new(inner: AppInner) -> Self {
         Self(Arc::new(inner))
     }
+
+    /// State for answering inference alone, with a routing table published by hand: an empty
+    /// catalog and no reconciler behind the nudge (the gateway benchmark and tests).
+    pub fn inference_only(
+        store: Arc<dyn Store>,
+        keys: KeyRing,
+        gateway: berth_gateway::Gateway,
+    ) -> Self {
+        Self::new(AppInner {
+            store,
+            catalog: Arc::new(ModelCatalog { models: vec![] }),
+            keys,
+            nudge: Nudge::default(),
+            gateway,
+        })
+    }
 }
 
 impl Deref for AppState {

@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use berth_control::Nudge;
-use berth_core::{Endpoint, ModelCatalog, RoutingEntry, RoutingTable, Status};
+use berth_core::{Endpoint, RoutingEntry, RoutingTable, Status};
 use berth_gateway::{Gateway, GatewayConfig};
 use berth_server::auth::KeyRing;
-use berth_server::state::{AppInner, AppState};
+use berth_server::state::AppState;
 use berth_server::{front, keys};
 use berth_store::{SqliteStore, Store};
 use serde_json::{json, Value};
@@ -69,13 +68,7 @@ async fn app(rpm_limit: Option<u64>) -> App {
         );
     }
     gateway.publish(Arc::new(table));
-    let state = AppState::new(AppInner {
-        store,
-        catalog: Arc::new(ModelCatalog { models: vec![] }),
-        keys,
-        nudge: Nudge::default(),
-        gateway,
-    });
+    let state = AppState::inference_only(store, keys, gateway);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(front::serve(listener, state, Default::default()));
