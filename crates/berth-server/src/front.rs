@@ -30,7 +30,7 @@ use axum::Router;
 use berth_gateway::{GatewayResponse, ResponseBody};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,12 +56,43 @@ const MAX_PIPELINED: usize = 64 * 1024;
 /// Bytes of a stream gathered into one write when they are all ready at once.
 const MAX_COALESCED: usize = 64 * 1024;
 
+/// How long clients may take to send requests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// From the first byte of a request to the end of its head (hyper's default).
+    pub head: Duration,
+    /// Longest pause while a request body is arriving (nginx's `client_body_timeout`).
+    pub body_stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            head: Duration::from_secs(30),
+            body_stall: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Serves `state`'s routes on `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets every connection finish the request it is on, and returns when all are closed.
+///
+/// A client that starts a request and does not finish it in time (a head within 30 s of its
+/// first byte, a body that stalls for 60 s) is disconnected; an idle keep-alive connection may
+/// stay open.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with(listener, state, shutdown, Timeouts::default()).await
+}
+
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    timeouts: Timeouts,
 ) -> io::Result<()> {
     let router = router(state.clone());
     let connections = TaskTracker::new();
@@ -90,6 +121,8 @@ pub async fn serve(
                 out: Vec::with_capacity(1024),
                 state: state.clone(),
                 shutdown: shutdown.clone(),
+                timeouts,
+                head_deadline: None,
             }
             .run(router.clone()),
         );
@@ -245,13 +278,19 @@ struct Connection {
     out: Vec<u8>,
     state: AppState,
     shutdown: CancellationToken,
+    timeouts: Timeouts,
+    /// When the head of the request under way must be complete (set by its first byte).
+    head_deadline: Option<tokio::time::Instant>,
 }
 
 impl Connection {
     async fn run(mut self, router: Router) {
         loop {
             let head = match parse(&self.buf) {
-                Parsed::Short(head) => head,
+                Parsed::Short(head) => {
+                    self.head_deadline = None;
+                    head
+                }
                 Parsed::Other => return self.hand_over(router).await,
                 Parsed::Partial => {
                     if !self.read_more().await {
@@ -274,11 +313,33 @@ impl Connection {
             self.buf.reserve(READ_CHUNK);
         }
         let idle = self.buf.is_empty();
-        tokio::select! {
+        // A request under way must finish its head in time; an idle connection has no timer.
+        let head_timeout = self.timeouts.head;
+        let deadline = (!idle).then(|| {
+            *self
+                .head_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + head_timeout)
+        });
+        let late = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let read = tokio::select! {
             biased;
-            _ = self.shutdown.cancelled(), if idle => false,
-            n = self.conn.read_buf(&mut self.buf) => matches!(n, Ok(n) if n > 0),
+            _ = self.shutdown.cancelled(), if idle => return false,
+            () = late => {
+                tracing::debug!("request head not complete in time; closing the connection");
+                return false;
+            }
+            n = self.conn.read_buf(&mut self.buf) => n,
+        };
+        let more = matches!(read, Ok(n) if n > 0);
+        if more && idle {
+            self.head_deadline = Some(tokio::time::Instant::now() + head_timeout);
         }
+        more
     }
 
     /// Serves one short-lane request; true when the connection can carry another.
@@ -291,8 +352,16 @@ impl Connection {
         }
         while self.buf.len() < total {
             self.buf.reserve(total - self.buf.len());
-            if self.conn.read_buf(&mut self.buf).await? == 0 {
-                return Ok(false);
+            let read =
+                tokio::time::timeout(self.timeouts.body_stall, self.conn.read_buf(&mut self.buf));
+            match read.await {
+                Ok(Ok(0)) => return Ok(false),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    tracing::debug!("request body stalled; closing the connection");
+                    return Ok(false);
+                }
             }
         }
         let request = self.buf.split_to(total).freeze();
@@ -418,6 +487,8 @@ impl Connection {
             conn: self.conn,
         });
         let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.timeouts.head)
             .serve_connection(io, TowerToHyperService::new(router))
             .with_upgrades();
         tokio::pin!(served);

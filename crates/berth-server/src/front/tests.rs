@@ -27,6 +27,11 @@ struct Server {
 
 /// berth's listener in front of one replica at `replica`, deployment `m1`, key [`KEY`].
 async fn server(replica: SocketAddr) -> Server {
+    server_with(replica, Timeouts::default()).await
+}
+
+/// [`server`] with other client timeouts.
+async fn server_with(replica: SocketAddr, timeouts: Timeouts) -> Server {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     store
         .insert_api_key(&keys::from_secret(KEY, "default"))
@@ -57,7 +62,7 @@ async fn server(replica: SocketAddr) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, state, stop.clone()));
+    let task = tokio::spawn(serve_with(listener, state, stop.clone(), timeouts));
     Server { addr, stop, task }
 }
 
@@ -470,4 +475,47 @@ async fn streamed_events_go_out_as_they_come() {
         text.contains("\"second\"") && text.contains("data: [DONE]"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn requests_that_stall_are_cut_off_and_idle_connections_are_kept() {
+    let timeouts = Timeouts {
+        head: Duration::from_millis(1000),
+        body_stall: Duration::from_millis(1000),
+    };
+    let s = server_with(stub(2).await, timeouts).await;
+    let request = chat("", CHAT_BODY);
+    let head_end = request.find("\r\n\r\n").unwrap() + 4;
+
+    // A head sent slowly but within the time is served; the connection then idles for longer
+    // than the head timeout and still carries the next request.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    for piece in request.as_bytes().chunks(head_end / 3 + 1) {
+        conn.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut buf = Vec::new();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+
+    // A head that never ends, a body that stops coming, and a partial head on a connection
+    // the router has taken over are each cut off.
+    for (first, partial) in [
+        (None, &request[..head_end - 2]),
+        (None, &request[..head_end + 5]),
+        (
+            Some("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"),
+            "GET /healthz HTTP/1.1\r\nhost",
+        ),
+    ] {
+        let mut conn = TcpStream::connect(s.addr).await.unwrap();
+        if let Some(first) = first {
+            conn.write_all(first.as_bytes()).await.unwrap();
+            assert_eq!(read_reply(&mut conn, &mut Vec::new()).await.status, 200);
+        }
+        conn.write_all(partial.as_bytes()).await.unwrap();
+        assert!(closed(&mut conn).await, "{partial:?} was not cut off");
+    }
 }
