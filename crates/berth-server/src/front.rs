@@ -78,8 +78,9 @@ impl Default for Timeouts {
 /// lets every connection finish the request it is on, and returns when all are closed.
 ///
 /// A client that starts a request and does not finish it in time (a head within 30 s of its
-/// first byte, a body that stalls for 60 s) is disconnected; an idle keep-alive connection may
-/// stay open.
+/// first byte, a body that stalls for 60 s) is disconnected. An idle keep-alive connection of
+/// the short lane may stay open; one the router has taken over is closed after 30 s without a
+/// request (hyper's `header_read_timeout` also runs while it waits for the next request).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
