@@ -14,10 +14,11 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use memchr::memmem;
 
-use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, Reply, UpstreamChunks};
+use crate::dispatch::{read_body, Accounting, Dispatched, Reply};
 use crate::error::GatewayError;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
+use crate::upstream::BodyReader;
 use crate::{Gateway, GatewayResponse};
 
 const JSON: &str = "application/json";
@@ -76,11 +77,11 @@ impl Gateway {
         };
         let status = resp.status;
         if !(200..300).contains(&status) {
-            let bytes = read_body(resp).await?;
+            let bytes = read_body(resp.body).await?;
             return Ok(GatewayResponse::full(status, JSON, bytes));
         }
         let body = UsageTap {
-            upstream: body_chunks(resp),
+            upstream: resp.body,
             frames: Frames::default(),
             strip_usage: !client_wants_usage,
             usage,
@@ -150,7 +151,7 @@ fn content_chunks(events: &[u8]) -> u64 {
 
 /// Forwards an upstream SSE stream event by event, reading the usage chunk on the way.
 struct UsageTap {
-    upstream: UpstreamChunks,
+    upstream: BodyReader,
     frames: Frames,
     strip_usage: bool,
     usage: Accounting,

@@ -37,29 +37,18 @@ pub(crate) struct Inner {
     pub clock: Clock,
 }
 
-/// A replica's response; its body is read as it arrives.
-pub(crate) type Upstream = Streaming;
-
-/// A replica's response body, chunk by chunk as it arrives. Dropping it closes the connection to
-/// the replica (a half-read HTTP/1.1 response cannot go back to the pool).
-pub(crate) type UpstreamChunks = BodyReader;
-
 /// Reads a replica's whole response body.
-pub(crate) async fn read_body(resp: Upstream) -> Result<Bytes, GatewayError> {
-    resp.body
-        .collect()
+pub(crate) async fn read_body(body: BodyReader) -> Result<Bytes, GatewayError> {
+    body.collect()
         .await
         .map_err(|e| GatewayError::Upstream(e.into()))
 }
 
-/// A replica's response body, chunk by chunk as it arrives.
-pub(crate) fn body_chunks(resp: Upstream) -> UpstreamChunks {
-    resp.body
-}
-
 /// What a replica answered: a response whose body is still arriving, or a whole answer.
 pub(crate) enum Reply {
-    Streaming(Upstream),
+    /// Dropping its body before the end closes the connection to the replica (a half-read
+    /// HTTP/1.1 response cannot go back to the pool).
+    Streaming(Streaming),
     Whole(Answer),
 }
 
@@ -111,19 +100,15 @@ impl Accounting {
     }
 
     /// Notes a running total (usage so far) of a stream; the latest is charged if the stream
-    /// ends without [`Self::record`] or [`Self::record_running`].
+    /// ends without [`Self::record`] or [`Self::record_running`] (when it is dropped).
     pub fn observe(&mut self, total_tokens: u64) {
         self.running = Some(total_tokens);
     }
 
-    /// Charges the latest running total, at the end of a stream; false when there was none.
-    pub fn record_running(&mut self) -> bool {
-        match self.running {
-            Some(total) => {
-                self.record(total);
-                true
-            }
-            None => false,
+    /// Charges the latest running total, if any, at the end of a stream.
+    pub fn record_running(&mut self) {
+        if let Some(total) = self.running {
+            self.record(total);
         }
     }
 

@@ -28,10 +28,11 @@ use berth_core::ErrorCode;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 
-use crate::dispatch::{body_chunks, read_body, Accounting, Dispatched, Reply, UpstreamChunks};
+use crate::dispatch::{read_body, Accounting, Dispatched, Reply};
 use crate::error::GatewayError;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
+use crate::upstream::BodyReader;
 use crate::{Gateway, GatewayResponse};
 
 const JSON: &str = "application/json";
@@ -70,11 +71,11 @@ impl Gateway {
             Reply::Streaming(resp) => {
                 if !(200..300).contains(&resp.status) {
                     let status = resp.status;
-                    let body = read_body(resp).await.unwrap_or_default();
+                    let body = read_body(resp.body).await.unwrap_or_default();
                     return Err(upstream_error(status, &body));
                 }
                 let body = NativeStream {
-                    upstream: body_chunks(resp),
+                    upstream: resp.body,
                     frames: Frames::default(),
                     usage,
                     _guard: guard,
@@ -241,7 +242,7 @@ fn upstream_error(status: u16, body: &[u8]) -> GatewayError {
 
 /// Translates an upstream OpenAI stream into native events, one per content chunk.
 struct NativeStream {
-    upstream: UpstreamChunks,
+    upstream: BodyReader,
     frames: Frames,
     usage: Accounting,
     _guard: InFlight,
