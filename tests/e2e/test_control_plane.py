@@ -201,10 +201,32 @@ def test_bad_config_reports_every_problem():
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write('[node]\ncapacity_units = 2\n[gateway]\nhold_secs = -1\n[reconciler]\nresync_secs = 0\n')
     out = subprocess.run([BERTH_BIN, "serve", "--config", f.name, "--listen", "127.0.0.1:0"],
-                         capture_output=True, text=True, timeout=30, env={"PATH": os.environ["PATH"], "BERTH_TYPO": "1"})
+                         capture_output=True, text=True, timeout=30,
+                         env={"PATH": os.environ["PATH"], "BERTH_GATEWAY_HOLD_QUEUE": "lots-of-secret"})
     assert out.returncode != 0
-    for needle in ["gateway.hold_secs", "resync_secs", "BERTH_TYPO"]:
+    for needle in ["gateway.hold_secs", "resync_secs", "BERTH_GATEWAY_HOLD_QUEUE"]:
         assert needle in out.stderr, out.stderr
+    assert "lots-of-secret" not in out.stderr, "a value is never echoed: it may be a secret"
+
+
+def test_serve_starts_with_kubernetes_service_links(berth_factory):
+    """Variables that are not settings never stop berth; a look-alike of a setting is warned of once."""
+    links = {
+        "BERTH_PORT": "tcp://10.96.0.12:8080", "BERTH_PORT_8080_TCP": "tcp://10.96.0.12:8080",
+        "BERTH_PORT_8080_TCP_ADDR": "10.96.0.12", "BERTH_PORT_8080_TCP_PORT": "8080",
+        "BERTH_PORT_8080_TCP_PROTO": "tcp", "BERTH_SERVICE_HOST": "10.96.0.12",
+        "BERTH_SERVICE_PORT": "8080", "BERTH_URL": "http://berth:8080", "BERTH_KEY": "sk-script-own",
+        "BERTH_NODE_CAPACITY_UNIT": "3",
+    }
+    s = berth_factory(stub_config(), env=links)
+    r = s.api("GET", "/api/v1/deployments/models")
+    assert r.status_code == 200, r.text
+    logs = s.logs()
+    warnings = [line for line in logs.splitlines() if "not a berth setting" in line]
+    assert len(warnings) == 1, logs
+    assert "BERTH_NODE_CAPACITY_UNIT" in warnings[0] and "BERTH_NODE_CAPACITY_UNITS" in warnings[0]
+    for name in ["BERTH_PORT", "BERTH_SERVICE_HOST", "BERTH_URL", "BERTH_KEY"]:
+        assert f"{name} " not in logs, logs
 
 
 def test_replicas_of_a_killed_server_are_cleaned_up_on_restart(berth_factory):

@@ -163,6 +163,62 @@ pub struct Overrides {
     pub models_dir: Option<PathBuf>,
 }
 
+/// A loaded configuration and what start-up should warn about.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// `BERTH_*` variables that are not settings but look like misspelled ones.
+    pub warnings: Vec<String>,
+}
+
+/// Every `BERTH_*` variable berth reads. [`Config::apply_env`] handles exactly these (a test
+/// holds the two together); misspellings are found by their distance to these names.
+pub const ENV_SETTINGS: &[&str] = &[
+    "BERTH_LISTEN",
+    "BERTH_DATA_DIR",
+    "BERTH_MODELS_DIR",
+    "BERTH_BOOTSTRAP_KEY",
+    "BERTH_NODE_CAPACITY_UNITS",
+    "BERTH_RECONCILER_RESYNC_SECS",
+    "BERTH_RECONCILER_MAX_START_FAILURES",
+    "BERTH_RECONCILER_BACKOFF_SECS",
+    "BERTH_RECONCILER_READY_TIMEOUT_SECS",
+    "BERTH_RECONCILER_STOP_GRACE_SECS",
+    "BERTH_GATEWAY_HOLD_SECS",
+    "BERTH_GATEWAY_HOLD_QUEUE",
+    "BERTH_BIN",
+    "BERTH_MODELS_CACHE",
+];
+
+enum EnvError {
+    /// Not a setting: ignored, or a warning when it looks like a misspelled one.
+    Unknown,
+    /// A setting with a value that does not parse.
+    Invalid(String),
+}
+
+/// The setting `key` most probably meant to name: one within two edits (one for short names)
+/// after `BERTH_`, compared without regard to case.
+fn near_setting(key: &str) -> Option<&'static str> {
+    let rest = key.strip_prefix("BERTH_").unwrap_or(key).to_ascii_uppercase();
+    ENV_SETTINGS
+        .iter()
+        .map(|name| {
+            let known = &name["BERTH_".len()..];
+            (strsim::levenshtein(&rest, known), known.len(), *name)
+        })
+        .filter(|&(d, len, _)| d > 0 && d <= if len <= 6 { 1 } else { 2 })
+        .min_by_key(|&(d, _, _)| d)
+        .map(|(_, _, name)| name)
+        .or_else(|| {
+            // Right name, wrong case (`berth_listen` is not read).
+            ENV_SETTINGS
+                .iter()
+                .find(|n| n.eq_ignore_ascii_case(key) && **n != key)
+                .copied()
+        })
+}
+
 /// Everything wrong with a configuration, reported together.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -170,11 +226,16 @@ pub struct ConfigError(pub Vec<String>);
 
 impl Config {
     /// Loads the layers. `env` is the process environment (only `BERTH_*` entries are read).
+    ///
+    /// A `BERTH_*` variable that is not a setting is ignored: orchestrators and scripts put their
+    /// own there (Kubernetes' service links for a Service named `berth`: `BERTH_PORT`,
+    /// `BERTH_SERVICE_HOST`, ...). One that looks like a misspelled setting comes back as a
+    /// warning that names it (never its value, which may be a secret).
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Loaded, ConfigError> {
         let mut problems = Vec::new();
         let mut config = match file {
             None => Config::default(),
@@ -195,9 +256,19 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with("BERTH_"))
             .collect();
+        let mut warnings = Vec::new();
         for (key, value) in &env {
-            if let Err(e) = config.apply_env(key, value) {
-                problems.push(format!("{key}={value:?}: {e}"));
+            match config.apply_env(key, value) {
+                Ok(()) => {}
+                Err(EnvError::Unknown) => {
+                    if let Some(near) = near_setting(key) {
+                        warnings.push(format!(
+                            "environment variable {key} is not a berth setting and is ignored; did you mean {near}?"
+                        ));
+                    }
+                }
+                // The value is not shown: it may be a secret.
+                Err(EnvError::Invalid(e)) => problems.push(format!("{key}: {e}")),
             }
         }
         if let Some(v) = overrides.listen {
@@ -211,18 +282,20 @@ impl Config {
         }
         problems.extend(config.problems());
         if problems.is_empty() {
-            Ok(config)
+            Ok(Loaded { config, warnings })
         } else {
             Err(ConfigError(problems))
         }
     }
 
-    fn apply_env(&mut self, key: &str, value: &str) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String>
+    fn apply_env(&mut self, key: &str, value: &str) -> Result<(), EnvError> {
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, EnvError>
         where
             T::Err: std::fmt::Display,
         {
-            v.trim().parse::<T>().map_err(|e| e.to_string())
+            v.trim()
+                .parse::<T>()
+                .map_err(|e| EnvError::Invalid(e.to_string()))
         }
         match key {
             "BERTH_LISTEN" => self.listen = num(value)?,
@@ -243,7 +316,7 @@ impl Config {
             "BERTH_GATEWAY_HOLD_QUEUE" => self.gateway.hold_queue = num(value)?,
             // Read by other parts of berth, not by the configuration.
             "BERTH_BIN" | "BERTH_MODELS_CACHE" => {}
-            _ => return Err("unknown BERTH_* setting".to_owned()),
+            _ => return Err(EnvError::Unknown),
         }
         Ok(())
     }
@@ -409,7 +482,8 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .config;
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.data_dir, PathBuf::from("/from-flag"));
         assert_eq!(c.node.capacity_units, 5);
@@ -424,11 +498,64 @@ mod tests {
                 ("BERTH_NODE_CAPACITY_UNITS", "-1"),
                 ("BERTH_TYPO", "1"),
                 ("BERTH_GATEWAY_HOLD_SECS", "-3"),
+                ("BERTH_BOOTSTRAP_KEY", "sk secret value"),
             ]),
             &Overrides::default(),
         )
         .unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn foreign_variables_ignored_and_misspellings_warned_by_name() {
+        // Kubernetes' service links for a Service named `berth`, and a script's own variables.
+        let foreign = [
+            ("BERTH_PORT", "tcp://10.96.0.12:8080"),
+            ("BERTH_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("BERTH_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("BERTH_PORT_8080_TCP_PORT", "8080"),
+            ("BERTH_PORT_8080_TCP_PROTO", "tcp"),
+            ("BERTH_SERVICE_HOST", "10.96.0.12"),
+            ("BERTH_SERVICE_PORT", "8080"),
+            ("BERTH_SERVICE_PORT_HTTP", "8080"),
+            ("BERTH_URL", "http://berth:8080"),
+            ("BERTH_KEY", "sk-0123456789"),
+        ];
+        let loaded = Config::load(None, env(&foreign), &Overrides::default()).unwrap();
+        assert_eq!(loaded.warnings, Vec::<String>::new());
+
+        let loaded = Config::load(
+            None,
+            env(&[
+                ("BERTH_NODE_CAPACITY_UNIT", "4"),
+                ("BERTH_GATEWAY_HOLDSECS", "1"),
+                ("BERTH_LISTEN", "127.0.0.1:9"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("BERTH_GATEWAY_HOLDSECS"));
+        assert!(loaded.warnings[0].contains("BERTH_GATEWAY_HOLD_SECS"));
+        assert!(loaded.warnings[1].contains("did you mean BERTH_NODE_CAPACITY_UNITS"));
+        assert!(!loaded.warnings.iter().any(|w| w.contains('4')));
+        assert_eq!(loaded.config.node.capacity_units, 8, "a misspelling is not applied");
+    }
+
+    #[test]
+    fn every_listed_setting_is_read() {
+        let mut c = Config::default();
+        for name in ENV_SETTINGS {
+            assert!(
+                !matches!(c.apply_env(name, "1"), Err(EnvError::Unknown)),
+                "{name} is listed but not read"
+            );
+        }
+        assert!(matches!(
+            c.apply_env("BERTH_NOT_A_SETTING", "1"),
+            Err(EnvError::Unknown)
+        ));
     }
 
     #[test]
@@ -447,7 +574,8 @@ mod tests {
             env(&[("BERTH_MODELS_DIR", "/m")]),
             &Overrides::default(),
         )
-        .unwrap();
+        .unwrap()
+        .config;
         let cat = c.catalog();
         assert_eq!(cat.models.len(), 2);
         let m = cat.get("smollm2-135m-instruct").unwrap();

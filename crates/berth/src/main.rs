@@ -65,11 +65,11 @@ pub fn load_config(args: &ConfigArgs, overrides: Overrides) -> anyhow::Result<Co
         data_dir: args.data_dir.clone(),
         ..overrides
     };
-    Ok(Config::load(
-        args.config.as_deref(),
-        std::env::vars(),
-        &overrides,
-    )?)
+    let loaded = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded.config)
 }
 
 fn main() -> anyhow::Result<()> {
