@@ -6,6 +6,11 @@
 //! the order the inner store did. This is correct as long as this process is the only writer of
 //! deployments, which is how `berth serve` runs (`berth keys` only writes keys, which are not
 //! mirrored).
+//!
+//! A write lands in both the inner store and the mirror, or in neither, whatever the caller
+//! does: each write runs on a task of its own, so a caller that goes away mid-write (an HTTP
+//! client that disconnects, dropping its handler's future) cannot leave a row committed in the
+//! inner store but missing from the mirror.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -61,6 +66,10 @@ impl Mirror {
 
 /// A [`Store`] whose deployment reads come from memory.
 pub struct CachedStore<S> {
+    shared: Arc<Shared<S>>,
+}
+
+struct Shared<S> {
     inner: S,
     mirror: RwLock<Mirror>,
     writes: Mutex<()>,
@@ -74,17 +83,35 @@ impl<S: Store> CachedStore<S> {
             mirror.put(d);
         }
         Ok(Self {
-            inner,
-            mirror: RwLock::new(mirror),
-            writes: Mutex::new(()),
+            shared: Arc::new(Shared {
+                inner,
+                mirror: RwLock::new(mirror),
+                writes: Mutex::new(()),
+            }),
         })
     }
 
     /// The store behind the cache.
     pub fn inner(&self) -> &S {
-        &self.inner
+        &self.shared.inner
     }
 
+    /// Runs one deployment write to completion on its own task (see the module documentation),
+    /// serialised with the other writes.
+    async fn write_through<T, F>(&self, write: impl FnOnce(Arc<Shared<S>>) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let task = tokio::spawn(write(Arc::clone(&self.shared)));
+        match task.await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+impl<S> Shared<S> {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
         // A poisoned lock only means a panic elsewhere while holding it; the data is plain values.
         self.mirror.read().unwrap_or_else(|e| e.into_inner())
@@ -98,10 +125,13 @@ impl<S: Store> CachedStore<S> {
 #[async_trait]
 impl<S: Store> Store for CachedStore<S> {
     async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment> {
-        let _serial = self.writes.lock().await;
-        let d = self.inner.create_deployment(new).await?;
-        self.write().put(d.clone());
-        Ok(d)
+        self.write_through(|sh| async move {
+            let _serial = sh.writes.lock().await;
+            let d = sh.inner.create_deployment(new).await?;
+            sh.write().put(d.clone());
+            Ok(d)
+        })
+        .await
     }
 
     async fn get_deployment(
@@ -110,6 +140,7 @@ impl<S: Store> Store for CachedStore<S> {
         deployed_model: &str,
     ) -> Result<Option<Deployment>> {
         Ok(self
+            .shared
             .read()
             .get(workspace_id, deployed_model)
             .map(|d| Deployment::clone(&d)))
@@ -121,7 +152,7 @@ impl<S: Store> Store for CachedStore<S> {
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<Deployment>, u64)> {
-        let mirror = self.read();
+        let mirror = self.shared.read();
         let Some(ws) = mirror.by_workspace.get(workspace_id) else {
             return Ok((Vec::new(), 0));
         };
@@ -136,7 +167,7 @@ impl<S: Store> Store for CachedStore<S> {
     }
 
     async fn all_deployments(&self) -> Result<Vec<Deployment>> {
-        let mirror = self.read();
+        let mirror = self.shared.read();
         let mut all: Vec<(u64, &Arc<Deployment>)> = mirror
             .by_workspace
             .values()
@@ -154,15 +185,23 @@ impl<S: Store> Store for CachedStore<S> {
         modifier: &str,
         now: Timestamp,
     ) -> Result<Option<Deployment>> {
-        let _serial = self.writes.lock().await;
-        let d = self
-            .inner
-            .change_deployment(workspace_id, deployed_model, change, modifier, now)
-            .await?;
-        if let Some(d) = &d {
-            self.write().put(d.clone());
-        }
-        Ok(d)
+        let (ws, name, modifier) = (
+            workspace_id.to_owned(),
+            deployed_model.to_owned(),
+            modifier.to_owned(),
+        );
+        self.write_through(|sh| async move {
+            let _serial = sh.writes.lock().await;
+            let d = sh
+                .inner
+                .change_deployment(&ws, &name, change, &modifier, now)
+                .await?;
+            if let Some(d) = &d {
+                sh.write().put(d.clone());
+            }
+            Ok(d)
+        })
+        .await
     }
 
     async fn record_status(
@@ -171,58 +210,68 @@ impl<S: Store> Store for CachedStore<S> {
         deployed_model: &str,
         observed: &ObservedStatus,
     ) -> Result<bool> {
-        let _serial = self.writes.lock().await;
-        let found = self
-            .inner
-            .record_status(workspace_id, deployed_model, observed)
-            .await?;
-        // The store decides what the write did (generation gating, gmt_modified): read it back.
-        match self
-            .inner
-            .get_deployment(workspace_id, deployed_model)
-            .await?
-        {
-            Some(d) => self.write().put(d),
-            None => self.write().remove(workspace_id, deployed_model),
-        }
-        Ok(found)
+        let (ws, name, observed) = (
+            workspace_id.to_owned(),
+            deployed_model.to_owned(),
+            observed.clone(),
+        );
+        self.write_through(|sh| async move {
+            let _serial = sh.writes.lock().await;
+            let found = sh.inner.record_status(&ws, &name, &observed).await?;
+            // The store decides what the write did (generation gating, gmt_modified): read it
+            // back.
+            match sh.inner.get_deployment(&ws, &name).await? {
+                Some(d) => sh.write().put(d),
+                None => sh.write().remove(&ws, &name),
+            }
+            Ok(found)
+        })
+        .await
     }
 
-    async fn remove_deployment(&self, workspace_id: &str, deployed_model: &str) -> Result<bool> {
-        let _serial = self.writes.lock().await;
-        let removed = self
-            .inner
-            .remove_deployment(workspace_id, deployed_model)
-            .await?;
-        self.write().remove(workspace_id, deployed_model);
-        Ok(removed)
+    async fn remove_deployment(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        generation: i64,
+    ) -> Result<bool> {
+        let (ws, name) = (workspace_id.to_owned(), deployed_model.to_owned());
+        self.write_through(|sh| async move {
+            let _serial = sh.writes.lock().await;
+            let removed = sh.inner.remove_deployment(&ws, &name, generation).await?;
+            if removed {
+                sh.write().remove(&ws, &name);
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
-        self.inner.insert_api_key(key).await
+        self.shared.inner.insert_api_key(key).await
     }
 
     async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKeyRecord>> {
-        self.inner.find_api_key(hash).await
+        self.shared.inner.find_api_key(hash).await
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        self.inner.list_api_keys().await
+        self.shared.inner.list_api_keys().await
     }
 
     async fn revoke_api_key(&self, id: &str) -> Result<bool> {
-        self.inner.revoke_api_key(id).await
+        self.shared.inner.revoke_api_key(id).await
     }
 
     async fn put_replica(&self, replica: &ReplicaRecord) -> Result<()> {
-        self.inner.put_replica(replica).await
+        self.shared.inner.put_replica(replica).await
     }
 
     async fn remove_replica(&self, id: &str) -> Result<bool> {
-        self.inner.remove_replica(id).await
+        self.shared.inner.remove_replica(id).await
     }
 
     async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>> {
-        self.inner.list_replicas().await
+        self.shared.inner.list_replicas().await
     }
 }

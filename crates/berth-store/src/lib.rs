@@ -21,6 +21,9 @@ pub enum StoreError {
     /// A live deployment with this `deployed_model` already exists in the workspace.
     #[error("deployment {0} already exists")]
     Conflict(String),
+    /// The deployment is `DELETING`, which is terminal: only another delete may touch it.
+    #[error("deployment {0} is being deleted")]
+    Deleting(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]
@@ -83,9 +86,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every deployment of every workspace (the reconciler's view).
     async fn all_deployments(&self) -> Result<Vec<Deployment>>;
 
-    /// Applies an API change; `None` if the deployment does not exist.
-    /// The caller checks preconditions (e.g. no scale while `DELETING`) on what it read; the
-    /// store applies the change as given.
+    /// Applies an API change; `None` if the deployment does not exist. `DELETING` is terminal
+    /// and enforced here, in the same statement as the write: a scale or limits change of a
+    /// deleting deployment is `Err(Deleting)`; a repeated delete returns the row unchanged.
     async fn change_deployment(
         &self,
         workspace_id: &str,
@@ -106,8 +109,15 @@ pub trait Store: Send + Sync + 'static {
         observed: &ObservedStatus,
     ) -> Result<bool>;
 
-    /// Removes a deployment row (the end of a delete). Returns false if it was already gone.
-    async fn remove_deployment(&self, workspace_id: &str, deployed_model: &str) -> Result<bool>;
+    /// Removes a deployment row at the end of its delete: only while it is `DELETING` at
+    /// `generation` (the one the reconciler planned against). Returns false when nothing was
+    /// removed (already gone, or not that deleting generation).
+    async fn remove_deployment(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        generation: i64,
+    ) -> Result<bool>;
 
     /// Stores a new API key.
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;

@@ -74,7 +74,7 @@ static SCALE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE deployments SET capacity = ?1, status = CASE status{arms} ELSE status END, \
          fail_reason = NULL, generation = generation + 1, modifier = ?2, gmt_modified = ?3 \
-         WHERE workspace_id = ?4 AND deployed_model = ?5 RETURNING {}",
+         WHERE workspace_id = ?4 AND deployed_model = ?5 AND status <> 'DELETING' RETURNING {}",
         deployment_columns!()
     )
 });
@@ -98,7 +98,8 @@ const LIST_PAGE_SQL: &str = concat!(
 const LIMITS_SQL: &str = concat!(
     "UPDATE deployments SET rpm_limit = COALESCE(?1, rpm_limit), ",
     "tpm_limit = COALESCE(?2, tpm_limit), generation = generation + 1, modifier = ?3, ",
-    "gmt_modified = ?4 WHERE workspace_id = ?5 AND deployed_model = ?6 RETURNING ",
+    "gmt_modified = ?4 WHERE workspace_id = ?5 AND deployed_model = ?6 ",
+    "AND status <> 'DELETING' RETURNING ",
     deployment_columns!()
 );
 
@@ -296,6 +297,7 @@ impl Store for SqliteStore {
         modifier: &str,
         now: Timestamp,
     ) -> Result<Option<Deployment>> {
+        let refused_when_deleting = !matches!(change, DesiredChange::Delete);
         let query = match change {
             DesiredChange::Scale { capacity } => sqlx::query(SCALE_SQL.as_str())
                 .bind(i64::from(capacity))
@@ -316,7 +318,26 @@ impl Store for SqliteStore {
             .bind(deployed_model)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(deployment_from_row).transpose()
+        match row {
+            Some(row) => Ok(Some(deployment_from_row(&row)?)),
+            // `DELETING` is terminal: the statement itself refuses to change such a row. Tell
+            // that apart from a missing one (the row can only go away after DELETING, so what
+            // this read sees is consistent with the refusal).
+            None if refused_when_deleting => {
+                let exists = sqlx::query(
+                    "SELECT 1 FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2",
+                )
+                .bind(workspace_id)
+                .bind(deployed_model)
+                .fetch_optional(&self.pool)
+                .await?;
+                match exists {
+                    Some(_) => Err(StoreError::Deleting(deployed_model.to_owned())),
+                    None => Ok(None),
+                }
+            }
+            None => Ok(None),
+        }
     }
 
     async fn record_status(
@@ -339,13 +360,21 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn remove_deployment(&self, workspace_id: &str, deployed_model: &str) -> Result<bool> {
-        let done =
-            sqlx::query("DELETE FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2")
-                .bind(workspace_id)
-                .bind(deployed_model)
-                .execute(&self.pool)
-                .await?;
+    async fn remove_deployment(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        generation: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2 \
+             AND status = 'DELETING' AND generation = ?3",
+        )
+        .bind(workspace_id)
+        .bind(deployed_model)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -391,10 +420,12 @@ impl Store for SqliteStore {
 
     async fn put_replica(&self, replica: &ReplicaRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO replicas (id, workspace_id, deployed_model, pid, port, started_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET \
+            "INSERT INTO replicas \
+             (id, workspace_id, deployed_model, pid, port, started_at, secret, proc_start) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET \
              workspace_id = excluded.workspace_id, deployed_model = excluded.deployed_model, \
-             pid = excluded.pid, port = excluded.port, started_at = excluded.started_at",
+             pid = excluded.pid, port = excluded.port, started_at = excluded.started_at, \
+             secret = excluded.secret, proc_start = excluded.proc_start",
         )
         .bind(&replica.id)
         .bind(&replica.workspace_id)
@@ -402,6 +433,10 @@ impl Store for SqliteStore {
         .bind(i64::from(replica.pid))
         .bind(i64::from(replica.port))
         .bind(replica.started_at.millis())
+        .bind(&replica.secret)
+        .bind(i64::try_from(replica.proc_start).map_err(|_| {
+            StoreError::Corrupt(format!("proc_start {} out of range", replica.proc_start))
+        })?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -417,7 +452,8 @@ impl Store for SqliteStore {
 
     async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>> {
         let rows = sqlx::query(
-            "SELECT id, workspace_id, deployed_model, pid, port, started_at FROM replicas ORDER BY started_at, id",
+            "SELECT id, workspace_id, deployed_model, pid, port, started_at, secret, proc_start \
+             FROM replicas ORDER BY started_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -476,6 +512,8 @@ fn replica_from_row(row: &SqliteRow) -> Result<ReplicaRecord> {
         pid: unsigned(row, "pid")?,
         port: unsigned(row, "port")?,
         started_at: Timestamp(column(row, "started_at")?),
+        secret: column(row, "secret")?,
+        proc_start: unsigned(row, "proc_start")?,
     })
 }
 

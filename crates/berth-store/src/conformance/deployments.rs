@@ -126,8 +126,8 @@ pub async fn list_order_is_creation_order_after_removals<S: Store>(store: &S) {
     for name in ["a", "b", "c"] {
         create(store, WS_A, name, T0).await;
     }
-    assert!(store.remove_deployment(WS_A, "c").await.unwrap());
-    assert!(store.remove_deployment(WS_A, "b").await.unwrap());
+    assert!(delete_and_remove(store, WS_A, "c").await);
+    assert!(delete_and_remove(store, WS_A, "b").await);
     create(store, WS_A, "b", T0).await;
     create(store, WS_A, "d", T0).await;
     let (page, total) = store.list_deployments(WS_A, 0, 10).await.unwrap();
@@ -348,16 +348,17 @@ pub async fn changes_are_scoped_to_the_workspace<S: Store>(store: &S) {
 pub async fn remove_deployment_frees_the_name<S: Store>(store: &S) {
     create(store, WS_A, "m", T0).await;
     let b = create(store, WS_B, "m", T0).await;
-    store
+    let deleting = store
         .change_deployment(WS_A, "m", DesiredChange::Delete, "key-d", T0)
         .await
         .unwrap()
         .expect("exists");
 
-    assert!(!store.remove_deployment("ws-c", "m").await.unwrap());
-    assert!(store.remove_deployment(WS_A, "m").await.unwrap());
+    let g = deleting.generation;
+    assert!(!store.remove_deployment("ws-c", "m", g).await.unwrap());
+    assert!(store.remove_deployment(WS_A, "m", g).await.unwrap());
     assert_eq!(store.get_deployment(WS_A, "m").await.unwrap(), None);
-    assert!(!store.remove_deployment(WS_A, "m").await.unwrap());
+    assert!(!store.remove_deployment(WS_A, "m", g).await.unwrap());
     assert_eq!(get(store, WS_B, "m").await, b);
     assert_eq!(
         store.list_deployments(WS_A, 0, 10).await.unwrap(),
@@ -370,4 +371,74 @@ pub async fn remove_deployment_frees_the_name<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(fresh, expected_created(&sample(WS_A, "m", t1)));
+}
+
+/// Marks `name` deleted and removes it at that generation, as the reconciler does.
+pub async fn delete_and_remove<S: Store>(store: &S, ws: &str, name: &str) -> bool {
+    let d = store
+        .change_deployment(ws, name, DesiredChange::Delete, "key-d", T0)
+        .await
+        .unwrap()
+        .expect("exists");
+    store
+        .remove_deployment(ws, name, d.generation)
+        .await
+        .unwrap()
+}
+
+/// `DELETING` is terminal, enforced by the store in the same statement as the write: neither a
+/// scale nor a limits change can bring a deleting deployment back, whatever the caller read.
+pub async fn deleting_is_terminal<S: Store>(store: &S) {
+    create(store, WS_A, "m", T0).await;
+    let deleting = store
+        .change_deployment(WS_A, "m", DesiredChange::Delete, "key-d", T0)
+        .await
+        .unwrap()
+        .expect("exists");
+    for change in [
+        DesiredChange::Scale { capacity: 3 },
+        DesiredChange::Limits {
+            rpm_limit: Some(5),
+            tpm_limit: None,
+        },
+    ] {
+        let err = store
+            .change_deployment(WS_A, "m", change.clone(), "key-x", T0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::StoreError::Deleting(ref n) if n == "m"),
+            "{change:?}: {err:?}"
+        );
+    }
+    assert_eq!(get(store, WS_A, "m").await, deleting);
+    // A missing deployment is still None, not Deleting.
+    let missing = store
+        .change_deployment(WS_A, "nope", DesiredChange::Scale { capacity: 1 }, "k", T0)
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+}
+
+/// Remove takes only a `DELETING` row at the generation the caller planned against.
+pub async fn remove_is_gated_on_deleting_and_generation<S: Store>(store: &S) {
+    let live = create(store, WS_A, "m", T0).await;
+    assert!(!store
+        .remove_deployment(WS_A, "m", live.generation)
+        .await
+        .unwrap());
+    assert_eq!(get(store, WS_A, "m").await, live);
+    let deleting = store
+        .change_deployment(WS_A, "m", DesiredChange::Delete, "key-d", T0)
+        .await
+        .unwrap()
+        .expect("exists");
+    assert!(!store
+        .remove_deployment(WS_A, "m", deleting.generation - 1)
+        .await
+        .unwrap());
+    assert!(store
+        .remove_deployment(WS_A, "m", deleting.generation)
+        .await
+        .unwrap());
 }

@@ -23,6 +23,8 @@ fn replica(id: &str, deployed_model: &str, pid: u32, port: u16, started_at: i64)
         pid,
         port,
         started_at: Timestamp(started_at),
+        secret: format!("secret-of-{id}"),
+        proc_start: u64::from(pid) * 7,
     }
 }
 
@@ -113,7 +115,9 @@ pub async fn replicas_put_list_remove<S: Store>(store: &S) {
         [r1.clone(), r2.clone()]
     );
 
-    let r1b = replica("r-1", "m", 5151, 9002, T0.0 + 2);
+    let mut r1b = replica("r-1", "m", 5151, 9002, T0.0 + 2);
+    r1b.proc_start = u64::MAX >> 1;
+    r1b.secret = "another".to_owned();
     store.put_replica(&r1b).await.unwrap();
     assert_eq!(
         sorted(store.list_replicas().await.unwrap()),

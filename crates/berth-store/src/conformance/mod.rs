@@ -76,6 +76,8 @@ macro_rules! store_conformance {
             record_status_moves_gmt_modified_only_on_visible_change,
             record_status_of_a_missing_deployment_is_false,
             remove_deployment_frees_the_name,
+            deleting_is_terminal,
+            remove_is_gated_on_deleting_and_generation,
             api_keys_insert_find_list_revoke,
             api_keys_are_unique_by_id_and_hash,
             replicas_put_list_remove,

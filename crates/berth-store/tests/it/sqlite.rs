@@ -58,6 +58,8 @@ async fn data_persists_across_reopen() {
         pid: 1234,
         port: 9100,
         started_at: T0,
+        secret: "s3cret".into(),
+        proc_start: 987_654,
     };
     let (deployment, key_page) = {
         let store = SqliteStore::open(&path).await.unwrap();
