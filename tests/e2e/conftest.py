@@ -49,6 +49,48 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def replicas_in(data_dir: str) -> list[tuple[int, str]]:
+    """Live replica processes whose output goes to a log file under `data_dir` (berth points a
+    replica's stdout at `<data_dir>/replicas/<id>.log`): found whoever their parent is now, so
+    replicas adopted by a restarted berth, or left behind by a killed one, count too."""
+    prefix = os.path.realpath(data_dir) + "/replicas/"
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not os.readlink(entry / "fd" / "1").startswith(prefix):
+                continue
+            stat = (entry / "stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            # Only group leaders: a replica's own children share its log file.
+            if fields[0] == "Z" or int(fields[2]) != int(entry.name):
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            out.append((int(entry.name), cmd))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(out)
+
+
+def replica_headers(port: int) -> dict:
+    """The bearer header that the replica listening on `port` takes: its secret, read from the
+    environment berth gave it (tests run as root, so /proc/PID/environ is readable)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"--port" not in cmd or cmd[cmd.index(b"--port") + 1] != str(port).encode():
+                continue
+            for e in (entry / "environ").read_bytes().split(b"\0"):
+                if e.startswith(b"BERTH_REPLICA_SECRET="):
+                    return {"Authorization": "Bearer " + e.split(b"=", 1)[1].decode()}
+        except (OSError, ValueError, IndexError):
+            continue
+    return {}
+
+
 def replica_ports(server) -> list[int]:
     """Ports of a server's replicas, read from their command lines."""
     ports = []
@@ -76,11 +118,12 @@ class BerthServer:
     def __init__(self, config: str | None = None, env: dict | None = None, models_dir: str = MODELS_DIR,
                  data_dir: str | None = None, key: str | None = None):
         self.dir = tempfile.TemporaryDirectory(prefix="berth-e2e-")
+        self.data_dir = data_dir or str(Path(self.dir.name) / "data")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.key = key or "sk-e2e-" + os.urandom(12).hex()
         args = [BERTH_BIN, "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--data-dir", data_dir or str(Path(self.dir.name) / "data"), "--models-dir", models_dir]
+                "--data-dir", self.data_dir, "--models-dir", models_dir]
         if config is not None:
             path = Path(self.dir.name) / "berth.toml"
             path.write_text(config)
@@ -115,7 +158,8 @@ class BerthServer:
         return requests.request(method, self.base + path, headers=self.headers, timeout=30, **kw)
 
     def replicas(self) -> list[tuple[int, str]]:
-        return children_of(self.proc.pid)
+        """This server's live replica processes (children or adopted)."""
+        return replicas_in(self.data_dir)
 
     def wait_status(self, name: str, status: str, timeout: float = 60, ready=None) -> dict:
         deadline = time.time() + timeout
@@ -156,6 +200,13 @@ def berth_factory():
     yield start
     for s in started:
         s.stop()
+    # A test that killed a server may leave its replicas behind on purpose: never let them leak.
+    for s in started:
+        for pid, _ in replicas_in(s.data_dir):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def stub_config(start_delay_ms: int = 200, capacity_units: int = 8, extra: str = "") -> str:

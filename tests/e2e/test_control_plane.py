@@ -7,7 +7,7 @@ import tempfile
 
 import requests
 
-from conftest import BERTH_BIN, SMOLLM, pid_alive, replica_ports, stub_config, wait_for
+from conftest import BERTH_BIN, SMOLLM, pid_alive, replica_headers, replica_ports, stub_config, wait_for
 
 
 def test_lifecycle_follows_real_processes(berth_factory):
@@ -191,7 +191,7 @@ def test_default_catalog_runs_the_real_engine(berth_factory):
     assert " engine " in f" {cmd} " and "SmolLM2-135M-Instruct.Q4_1.gguf" in cmd
     # Ready means it generates.
     port = replica_ports(s)[0]
-    r = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
+    r = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=replica_headers(port), timeout=60, json={
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 16, "temperature": 0})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
@@ -227,19 +227,3 @@ def test_serve_starts_with_kubernetes_service_links(berth_factory):
     assert "BERTH_NODE_CAPACITY_UNIT" in warnings[0] and "BERTH_NODE_CAPACITY_UNITS" in warnings[0]
     for name in ["BERTH_PORT", "BERTH_SERVICE_HOST", "BERTH_URL", "BERTH_KEY"]:
         assert f"{name} " not in logs, logs
-
-
-def test_replicas_of_a_killed_server_are_cleaned_up_on_restart(berth_factory):
-    config = stub_config(start_delay_ms=0)
-    s = berth_factory(config)
-    s.api("POST", "/api/v1/deployments", json={"model_name": "stub-model", "capacity": 1})
-    s.wait_status("stub-model", "RUNNING", ready=1)
-    [(old_pid, _)] = s.replicas()
-    s.proc.kill()  # no graceful shutdown: the replica is orphaned
-    s.proc.wait()
-    assert pid_alive(old_pid)
-    # A new server on the same data dir stops the leftover and brings the deployment back.
-    again = berth_factory(config, data_dir=os.path.join(s.dir.name, "data"), key=s.key)
-    wait_for(lambda: not pid_alive(old_pid), timeout=10, what="leftover replica stopped")
-    again.wait_status("stub-model", "RUNNING", ready=1)
-    assert [p for p, _ in again.replicas()] != [old_pid]

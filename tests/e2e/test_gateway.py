@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import BERTH_BIN, SMOLLM, replica_ports, stub_config, wait_for
+from conftest import BERTH_BIN, SMOLLM, replica_headers, replica_ports, stub_config, wait_for
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [
@@ -21,7 +21,7 @@ QUESTION = [
 
 def requests_served(port: int) -> int:
     """Completion requests a replica counted, from its Prometheus `/metrics`."""
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", headers=replica_headers(port), timeout=5).text
     total = 0
     for line in text.splitlines():
         m = re.match(r'^(berth_engine_requests_total\{outcome="ok"\}|berth_stub_requests_total)\s+(\d+)', line)

@@ -37,6 +37,8 @@ pub struct PlanInput<'a> {
     pub observed: &'a [ObservedReplica],
     /// Replicas being stopped right now: they hold node units but do not count as live.
     pub stopping: &'a HashSet<String>,
+    /// Calls in flight per replica id, as the gateway counts them (absent: none).
+    pub in_flight: &'a HashMap<String, u32>,
     pub models: &'a HashMap<String, ModelInfo>,
     pub failures: &'a HashMap<Key, FailureState>,
     pub now: Instant,
@@ -199,11 +201,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 ))
             });
 
-        // Scale down: stop the least useful replicas first (starting before ready, newest first).
+        // Scale down: stop the least useful replicas first: not ready before ready, then the
+        // fewest calls in flight (they drain fastest), then the newest.
         if live.len() > want {
             live.sort_by_key(|r| {
                 (
                     matches!(r.state, ReplicaState::Ready),
+                    input.in_flight.get(&r.id).copied().unwrap_or(0),
                     std::cmp::Reverse(r.started_at),
                 )
             });
@@ -275,6 +279,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .map(|r| Endpoint {
                 replica_id: r.id.clone(),
                 addr: r.addr,
+                secret: r.secret.clone(),
             })
             .collect();
         endpoints.sort_by(|a, b| a.replica_id.cmp(&b.replica_id));

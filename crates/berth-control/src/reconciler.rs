@@ -1,10 +1,11 @@
 //! Applies plans: the reconciler loop, its timers, and its bookkeeping of failures and stops.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_core::{Deployment, ModelCatalog, ReplicaRecord, RoutingTable, Status};
+use berth_core::{Deployment, ModelCatalog, RoutingTable, Status};
 use berth_runtime::{ReplicaSpec, Runtime};
 use berth_store::Store;
 use rand::RngCore;
@@ -41,9 +42,19 @@ pub struct ReconcilerSettings {
     pub node_units: u32,
     /// Extra environment for every replica.
     pub replica_env: BTreeMap<String, String>,
+    /// How long a replica taken out of routing may finish its calls in flight before it is
+    /// stopped (scale-down, delete).
+    pub drain: Duration,
 }
 
 type Publish = Box<dyn Fn(Arc<RoutingTable>) + Send + Sync>;
+
+/// Calls in flight on a replica, by id, as the gateway counts them; the reconciler drains by it
+/// without knowing the gateway.
+pub type InFlightProbe = Arc<dyn Fn(&str) -> u32 + Send + Sync>;
+
+/// How often a draining replica's calls in flight are looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// The reconciler. Build it, then `run` it on its own task.
 pub struct Reconciler {
@@ -56,6 +67,8 @@ pub struct Reconciler {
     failures: HashMap<Key, FailureState>,
     stopping: Arc<Mutex<HashSet<String>>>,
     last_routing: Option<Arc<RoutingTable>>,
+    in_flight: InFlightProbe,
+    keep_replicas: Arc<AtomicBool>,
 }
 
 impl Reconciler {
@@ -77,7 +90,23 @@ impl Reconciler {
             failures: HashMap::new(),
             stopping: Arc::default(),
             last_routing: None,
+            in_flight: Arc::new(|_| 0),
+            keep_replicas: Arc::default(),
         }
+    }
+
+    /// Where calls in flight per replica come from (the gateway); without it nothing is
+    /// counted and a drain ends at once.
+    pub fn with_in_flight(mut self, probe: InFlightProbe) -> Self {
+        self.in_flight = probe;
+        self
+    }
+
+    /// A flag that, when set by the time `run` ends, leaves every replica running for the
+    /// next start of berth to adopt, instead of stopping them.
+    pub fn keep_replicas_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.keep_replicas = flag;
+        self
     }
 
     /// The handle the API uses to ask for a pass.
@@ -111,18 +140,21 @@ impl Reconciler {
         self.shutdown().await;
     }
 
-    /// Stops every replica (server shutdown). Desired state is kept: the next start brings the
-    /// deployments back.
+    /// Stops every replica (server shutdown), unless told to keep them for the next start.
+    /// Desired state is kept either way: the next start brings the deployments back.
     async fn shutdown(&self) {
+        (self.publish)(Arc::new(RoutingTable::default()));
+        if self.keep_replicas.load(Ordering::SeqCst) {
+            tracing::info!("leaving replicas running for the next start to adopt");
+            return;
+        }
         let ids: Vec<String> = self.runtime.observe().into_iter().map(|r| r.id).collect();
         let stops = ids.iter().map(|id| self.runtime.stop(id));
         for (id, res) in ids.iter().zip(futures::future::join_all(stops).await) {
             if let Err(e) = res {
                 tracing::warn!(replica = %id, error = %e, "cannot stop replica");
             }
-            let _ = self.store.remove_replica(id).await;
         }
-        (self.publish)(Arc::new(RoutingTable::default()));
     }
 
     /// One reconcile pass.
@@ -144,10 +176,16 @@ impl Reconciler {
             })
             .collect();
         let now = Instant::now();
+        let in_flight: HashMap<String, u32> = observed
+            .iter()
+            .map(|r| (r.id.clone(), (self.in_flight)(&r.id)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         let plan = plan(&PlanInput {
             desired: &desired,
             observed: &observed,
             stopping: &stopping,
+            in_flight: &in_flight,
             models: &models,
             failures: &self.failures,
             now,
@@ -168,6 +206,14 @@ impl Reconciler {
             .map(|d| ((d.workspace_id.clone(), d.deployed_model.clone()), d))
             .collect();
 
+        // Routing first: a replica chosen to stop is out of routing before its drain begins,
+        // and a deleted deployment answers 404 at once.
+        let routing = Arc::new(plan.routing);
+        if self.last_routing.as_deref() != Some(&routing) {
+            (self.publish)(routing.clone());
+            self.last_routing = Some(routing);
+        }
+
         for action in plan.actions {
             match action {
                 Action::Start { key, model_name } => {
@@ -184,7 +230,6 @@ impl Reconciler {
                     failure,
                 } => {
                     let _ = self.runtime.stop(&replica_id).await;
-                    self.store.remove_replica(&replica_id).await?;
                     if let Some(reason) = failure {
                         tracing::warn!(deployment = %key.1, replica = %replica_id, %reason, "replica exited");
                         let generation = generations.get(&key).copied().unwrap_or_default();
@@ -192,7 +237,11 @@ impl Reconciler {
                     }
                 }
                 Action::Remove { key } => {
-                    self.store.remove_deployment(&key.0, &key.1).await?;
+                    // Gated on the generation this pass planned against.
+                    let generation = generations.get(&key).copied().unwrap_or_default();
+                    self.store
+                        .remove_deployment(&key.0, &key.1, generation)
+                        .await?;
                     self.failures.remove(&key);
                     tracing::info!(deployment = %key.1, workspace = %key.0, "deployment removed");
                 }
@@ -215,12 +264,6 @@ impl Reconciler {
             }
         }
         self.failures.retain(|k, _| generations.contains_key(k));
-
-        let routing = Arc::new(plan.routing);
-        if self.last_routing.as_deref() != Some(&routing) {
-            (self.publish)(routing.clone());
-            self.last_routing = Some(routing);
-        }
         Ok(())
     }
 
@@ -239,20 +282,10 @@ impl Reconciler {
             model,
             env: self.settings.replica_env.clone(),
         };
+        // The runtime records the replica (ahead of the spawn) in its journal.
         let started = self.runtime.start(spec).await.map_err(|e| e.to_string())?;
         tracing::info!(deployment = %key.1, replica = %started.id, addr = %started.addr, "replica started");
-        let record = ReplicaRecord {
-            id: started.id,
-            workspace_id: started.workspace_id,
-            deployed_model: started.deployed_model,
-            pid: started.pid.unwrap_or_default(),
-            port: started.addr.port(),
-            started_at: started.started_at,
-        };
-        self.store
-            .put_replica(&record)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(())
     }
 
     fn stop_in_background(&self, replica_id: String) {
@@ -264,14 +297,24 @@ impl Reconciler {
         }
         drop(stopping);
         let runtime = self.runtime.clone();
-        let store = self.store.clone();
         let set = self.stopping.clone();
         let nudge = self.nudge.clone();
+        let in_flight = self.in_flight.clone();
+        let drain = self.settings.drain;
         tokio::spawn(async move {
+            // Out of routing already (the pass published first): let its calls finish.
+            let deadline = tokio::time::Instant::now() + drain;
+            let mut left = in_flight(&replica_id);
+            while left > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(DRAIN_POLL).await;
+                left = in_flight(&replica_id);
+            }
+            if left > 0 {
+                tracing::warn!(replica = %replica_id, calls = left, ?drain, "drain time is up; stopping the replica with calls in flight");
+            }
             if let Err(e) = runtime.stop(&replica_id).await {
                 tracing::warn!(replica = %replica_id, error = %e, "cannot stop replica");
             }
-            let _ = store.remove_replica(&replica_id).await;
             if let Ok(mut s) = set.lock() {
                 s.remove(&replica_id);
             }

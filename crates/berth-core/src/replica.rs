@@ -8,15 +8,26 @@ use std::sync::Arc;
 use crate::deployment::Status;
 use crate::time::Timestamp;
 
-/// A replica process as recorded in the store, so a restarted berth can find it again.
+/// A replica process as recorded in the store, so a restarted berth can find it again and
+/// prove it is the same process.
+///
+/// Written ahead: the record exists (with `pid` 0) before the process is spawned, and gets its
+/// pid and process start time right after, so no replica can run that berth does not know of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaRecord {
     pub id: String,
     pub workspace_id: String,
     pub deployed_model: String,
+    /// 0 until the process is spawned.
     pub pid: u32,
     pub port: u16,
     pub started_at: Timestamp,
+    /// The per-replica secret the replica was given at spawn: berth sends it with every call
+    /// (`Authorization: Bearer ...`); `berth engine` refuses calls without it.
+    pub secret: String,
+    /// The process's start time in clock ticks after boot (`/proc/PID/stat`, field 22); with
+    /// the pid it names one process for the life of the machine. 0 until spawned.
+    pub proc_start: u64,
 }
 
 /// A ready replica the gateway may send requests to.
@@ -24,6 +35,8 @@ pub struct ReplicaRecord {
 pub struct Endpoint {
     pub replica_id: String,
     pub addr: SocketAddr,
+    /// The replica's secret (see [`ReplicaRecord::secret`]); empty when it has none.
+    pub secret: String,
 }
 
 /// Everything the gateway needs to route calls to one deployment.

@@ -37,10 +37,13 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// Set on SIGTERM/SIGINT: new requests get 503 while in-flight ones finish.
     pub draining: AtomicBool,
+    /// The replica secret every call must carry, and the supervisor's last check.
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 /// The engine's router.
 pub fn router(state: Arc<AppState>) -> Router {
+    let guard = state.guard.clone();
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -49,6 +52,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::guard::require_secret,
+        ))
 }
 
 /// Errors answered to clients, in the OpenAI envelope.

@@ -7,6 +7,7 @@
 //! incremental UTF-8 and stop-sequence logic; [`metrics`] renders Prometheus text.
 
 pub mod api;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod params;
@@ -61,6 +62,21 @@ pub struct EngineArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+    /// Answer only calls that carry this secret as a bearer token (berth gives each replica
+    /// its own at spawn).
+    #[arg(long, env = guard::SECRET_ENV, hide_env_values = true, value_name = "SECRET")]
+    pub replica_secret: Option<String>,
+    /// With a secret: stop (draining first) after this many seconds without an authenticated
+    /// health check, i.e. when the berth that started this replica is gone for good.
+    #[arg(long, env = guard::ORPHAN_TIMEOUT_ENV, value_name = "SECS", value_parser = parse_secs)]
+    pub orphan_timeout_secs: Option<f64>,
+}
+
+fn parse_secs(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=1e9).contains(&s) => Ok(s),
+        _ => Err(format!("{v:?} is not a number of seconds")),
+    }
 }
 
 impl EngineArgs {
@@ -111,7 +127,14 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         engine: OnceLock::new(),
         admission: Arc::new(Semaphore::new((args.parallel + args.queue) as usize)),
         draining: Default::default(),
+        guard: Arc::new(guard::Guard::new(
+            args.replica_secret.clone(),
+            args.orphan_timeout_secs.map(Duration::from_secs_f64),
+        )),
     });
+    if state.guard.enforced() {
+        tracing::info!("calls must carry this replica's secret");
+    }
     tracing::info!(%addr, model = %args.model.display(), id = %state.model_id, "berth engine listening; loading model");
 
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -150,6 +173,10 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
             return r.context("server task")?.context("server failed");
         }
         sig = shutdown_signal() => tracing::info!(signal = sig, "draining"),
+        since = state.guard.orphaned() => tracing::warn!(
+            silent_secs = since.as_secs_f64(),
+            "no health check from berth for too long (its berth is gone): stopping, draining first"
+        ),
     }
 
     state.draining.store(true, Ordering::Relaxed);

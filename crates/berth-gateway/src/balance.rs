@@ -53,6 +53,7 @@ mod tests {
                 Arc::new(Backend::new(
                     format!("r{i}"),
                     ([127, 0, 0, 1], 9000 + i).into(),
+                    "",
                 ))
             })
             .collect()

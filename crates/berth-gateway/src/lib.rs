@@ -158,6 +158,12 @@ impl Gateway {
         move |table| this.publish(table)
     }
 
+    /// Calls in flight on one replica, whether it is still routed or was just taken out of
+    /// routing (the reconciler drains a replica before it stops it).
+    pub fn in_flight(&self, replica_id: &str) -> u32 {
+        self.inner.routes.in_flight(replica_id)
+    }
+
     /// The deployments callable in a workspace, sorted by name (for `GET /models`).
     pub fn deployments(&self, workspace_id: &str) -> Vec<Arc<RoutingEntry>> {
         let snap = self.inner.routes.load();

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -33,9 +33,10 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(replica_id: String, addr: SocketAddr) -> Self {
+    /// A replica at `addr` that takes `secret` as its bearer token (empty: none).
+    pub fn new(replica_id: String, addr: SocketAddr, secret: &str) -> Self {
         Self {
-            idle: Arc::default(),
+            idle: Arc::new(IdleConns::with_secret(secret)),
             replica_id,
             addr,
             in_flight: AtomicU32::new(0),
@@ -154,7 +155,9 @@ impl Snapshot {
                             .find(|b| b.addr == ep.addr && b.replica_id == ep.replica_id)
                     })
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(ep.replica_id.clone(), ep.addr)))
+                    .unwrap_or_else(|| {
+                        Arc::new(Backend::new(ep.replica_id.clone(), ep.addr, &ep.secret))
+                    })
                 })
                 .collect();
             let state = old.map(|r| r.state.clone()).unwrap_or_default();
@@ -193,6 +196,9 @@ impl Clock {
 pub(crate) struct Routes {
     current: ArcSwap<Snapshot>,
     version: watch::Sender<u64>,
+    /// Replicas taken out of routing, while calls they were given may still run: each call holds
+    /// its backend, so the backend lives exactly as long as its calls do.
+    retired: Mutex<HashMap<String, Weak<Backend>>>,
 }
 
 impl Routes {
@@ -200,6 +206,7 @@ impl Routes {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
             version: watch::Sender::new(0),
+            retired: Mutex::default(),
         }
     }
 
@@ -207,10 +214,48 @@ impl Routes {
     pub fn publish(&self, table: &RoutingTable) {
         // Publishers are serialised by the watch channel's lock; readers never take it.
         self.version.send_modify(|v| {
-            let next = Snapshot::build(table, &self.current.load());
+            let previous = self.current.load_full();
+            let next = Snapshot::build(table, &previous);
+            let kept: std::collections::HashSet<*const Backend> = next
+                .by_workspace
+                .values()
+                .flat_map(|m| m.values())
+                .flat_map(|r| r.backends.iter().map(Arc::as_ptr))
+                .collect();
             self.current.store(Arc::new(next));
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            retired.retain(|_, b| b.strong_count() > 0);
+            for backend in previous
+                .by_workspace
+                .values()
+                .flat_map(|m| m.values())
+                .flat_map(|r| r.backends.iter())
+            {
+                if !kept.contains(&Arc::as_ptr(backend)) {
+                    retired.insert(backend.replica_id.clone(), Arc::downgrade(backend));
+                }
+            }
             *v += 1;
         });
+    }
+
+    /// Calls in flight on replica `replica_id`, routed or retired (0 when unknown).
+    pub fn in_flight(&self, replica_id: &str) -> u32 {
+        let snap = self.current.load();
+        let routed: u32 = snap
+            .by_workspace
+            .values()
+            .flat_map(|m| m.values())
+            .flat_map(|r| r.backends.iter())
+            .filter(|b| b.replica_id == replica_id)
+            .map(|b| b.in_flight())
+            .sum();
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        routed
+            + retired
+                .get(replica_id)
+                .and_then(Weak::upgrade)
+                .map_or(0, |b| b.in_flight())
     }
 
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {

@@ -72,9 +72,19 @@ pub(crate) struct IdleConns {
     /// The request head up to the `Content-Length` value, for the path first called: the same
     /// for every call to a replica, so formatted (the address above all) once.
     head: OnceLock<(String, Box<[u8]>)>,
+    /// The replica's secret, sent as a bearer token with every call; empty for none.
+    secret: Box<str>,
 }
 
 impl IdleConns {
+    /// The pool of a replica that takes `secret` as its bearer token (empty: none).
+    pub(crate) fn with_secret(secret: &str) -> Self {
+        Self {
+            secret: secret.into(),
+            ..Self::default()
+        }
+    }
+
     /// An idle connection that the replica has not closed, if any.
     fn take(&self, idle_timeout: Duration) -> Option<TcpStream> {
         let now = Instant::now();
@@ -92,11 +102,11 @@ impl IdleConns {
     fn write_head(&self, addr: SocketAddr, path: &str, out: &mut Vec<u8>) {
         let (cached_path, head) = self
             .head
-            .get_or_init(|| (path.to_owned(), request_head(addr, path)));
+            .get_or_init(|| (path.to_owned(), request_head(addr, path, &self.secret)));
         if cached_path == path {
             out.extend_from_slice(head);
         } else {
-            out.extend_from_slice(&request_head(addr, path));
+            out.extend_from_slice(&request_head(addr, path, &self.secret));
         }
     }
 
@@ -204,9 +214,15 @@ async fn send(
     Ok((conn, buf, head))
 }
 
-/// `POST path` to `addr` with a JSON body, up to the `Content-Length` value.
-fn request_head(addr: SocketAddr, path: &str) -> Box<[u8]> {
-    format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: ")
+/// `POST path` to `addr` with a JSON body (and the replica's secret as a bearer token), up to
+/// the `Content-Length` value.
+fn request_head(addr: SocketAddr, path: &str, secret: &str) -> Box<[u8]> {
+    let auth = if secret.is_empty() {
+        String::new()
+    } else {
+        format!("authorization: Bearer {secret}\r\n")
+    };
+    format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-type: application/json\r\ncontent-length: ")
         .into_bytes()
         .into_boxed_slice()
 }

@@ -29,6 +29,7 @@ fn entry(model: &str, addrs: &[SocketAddr]) -> RoutingEntry {
             .map(|(i, a)| Endpoint {
                 replica_id: format!("r{i}"),
                 addr: *a,
+                secret: String::new(),
             })
             .collect(),
         rpm_limit: None,

@@ -8,11 +8,13 @@ pub mod local;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
-use berth_core::{CatalogModel, Timestamp};
+use berth_core::{CatalogModel, ReplicaRecord, Timestamp};
 
-pub use local::{kill_leftover, LocalRuntime, LocalRuntimeConfig};
+pub use local::identity::{ORPHAN_TIMEOUT_ENV, REPLICA_ID_ENV, REPLICA_SECRET_ENV};
+pub use local::{kill_leftover, AdoptReport, LocalRuntime, LocalRuntimeConfig};
 
 /// Errors starting or stopping a replica.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,54 @@ pub enum RuntimeError {
     EmptyCommand,
     #[error("cannot signal replica: {0}")]
     Signal(#[from] nix::Error),
+    /// The replica could not be recorded, so it was not started (or was stopped again).
+    #[error("cannot record replica: {0}")]
+    Journal(#[source] JournalError),
+}
+
+/// Why a [`ReplicaJournal`] write failed.
+pub type JournalError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a runtime records its replicas durably, so a restarted berth finds every process it
+/// started. The runtime writes ahead: a record exists before its process is spawned, is updated
+/// with the pid right after, and is removed only once the process is gone.
+#[async_trait]
+pub trait ReplicaJournal: Send + Sync + 'static {
+    /// Inserts or replaces the record of `replica.id`.
+    async fn record(&self, replica: &ReplicaRecord) -> Result<(), JournalError>;
+    /// Removes the record of `id` (absent is fine).
+    async fn forget(&self, id: &str) -> Result<(), JournalError>;
+}
+
+/// A journal in memory: for tests and benchmarks, where nothing needs to survive the process.
+#[derive(Debug, Default)]
+pub struct MemoryJournal(Mutex<BTreeMap<String, ReplicaRecord>>);
+
+impl MemoryJournal {
+    /// Every record, by id.
+    pub fn records(&self) -> Vec<ReplicaRecord> {
+        self.0
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl ReplicaJournal for MemoryJournal {
+    async fn record(&self, replica: &ReplicaRecord) -> Result<(), JournalError> {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(replica.id.clone(), replica.clone());
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, id: &str) -> Result<(), JournalError> {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(id);
+        }
+        Ok(())
+    }
 }
 
 /// What to start.
@@ -68,6 +118,8 @@ pub struct ObservedReplica {
     pub addr: SocketAddr,
     pub started_at: Timestamp,
     pub state: ReplicaState,
+    /// The secret the replica was given at spawn; callers send it as a bearer token.
+    pub secret: String,
 }
 
 /// Starts, stops and observes replicas.

@@ -1,11 +1,19 @@
-//! The local process runtime: each replica is a child process of berth.
+//! The local process runtime: each replica is a process on this machine.
 //!
-//! A replica runs in its own process group with an explicit, minimal environment; its stdout and
-//! stderr go into `tracing` with `deployment` and `replica` fields. One supervisor task per
-//! replica probes `GET /health`, waits on the process, and records state changes; `stop` sends
-//! SIGTERM to the group, waits a grace period, then SIGKILL, and returns once the process has
-//! been reaped (the scheme text-generation-inference's launcher uses).
+//! A replica runs in its own process group with an explicit, minimal environment that also
+//! carries its identity (`BERTH_REPLICA_ID`) and secret (`BERTH_REPLICA_SECRET`); its stdout and
+//! stderr go to a log file of its own, followed into `tracing` with `deployment` and `replica`
+//! fields. Every replica is recorded in a [`ReplicaJournal`] before it is spawned. One supervisor
+//! task per replica probes `GET /health` (with the secret), waits on the process, and records
+//! state changes; `stop` sends SIGTERM to the group, waits a grace period, then SIGKILL, and
+//! returns once the process is gone.
+//!
+//! A restarted berth [`adopts`](LocalRuntime::adopt) the recorded replicas that still run and
+//! are provably the same processes (pid, process start time and the identity in their
+//! environment), and forgets the others; [`detach`](LocalRuntime::detach) leaves every replica
+//! running for the next start to adopt.
 
+pub(crate) mod identity;
 mod logs;
 mod process;
 mod supervisor;
@@ -18,13 +26,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_core::{EngineArgs, Timestamp};
+use berth_core::{EngineArgs, ReplicaRecord, Timestamp};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use rand::RngCore;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use crate::{ObservedReplica, ReplicaSpec, ReplicaState, Runtime, RuntimeError};
+use crate::{
+    MemoryJournal, ObservedReplica, ReplicaJournal, ReplicaSpec, ReplicaState, Runtime,
+    RuntimeError,
+};
 
 pub use process::kill_leftover;
 
@@ -51,6 +64,11 @@ pub struct LocalRuntimeConfig {
     pub stop_grace: Duration,
     /// Consecutive failed probes after which a ready replica is reported unhealthy.
     pub unhealthy_after: u32,
+    /// Where each replica's output goes (`<log_dir>/<replica id>.log`).
+    pub log_dir: PathBuf,
+    /// Given to replicas as `BERTH_ORPHAN_TIMEOUT_SECS`: how long a replica that hears no
+    /// authenticated health check from its supervisor keeps running before it stops itself.
+    pub orphan_timeout: Option<Duration>,
 }
 
 impl LocalRuntimeConfig {
@@ -75,6 +93,8 @@ impl Default for LocalRuntimeConfig {
             ready_timeout: Duration::from_secs(300),
             stop_grace: Duration::from_secs(10),
             unhealthy_after: 3,
+            log_dir: std::env::temp_dir().join("berth-replica-logs"),
+            orphan_timeout: None,
         }
     }
 }
@@ -87,6 +107,9 @@ pub struct LocalRuntime {
 /// State shared by the runtime handle and the supervisor tasks.
 struct Inner {
     config: LocalRuntimeConfig,
+    journal: Arc<dyn ReplicaJournal>,
+    /// Set by [`LocalRuntime::detach`]: nothing kills replicas from then on.
+    detached: AtomicBool,
     http: reqwest::Client,
     replicas: Mutex<HashMap<String, Entry>>,
     /// Bumped, under the `replicas` lock, on every change `observe` could see.
@@ -106,11 +129,27 @@ struct Entry {
     exited: watch::Receiver<bool>,
     /// Set by `stop`, so the supervisor logs the exit as expected rather than as a failure.
     stopping: Arc<AtomicBool>,
+    /// Ends the follower of the replica's log file.
+    log_stop: CancellationToken,
+}
+
+/// What [`LocalRuntime::adopt`] did with the recorded replicas.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AdoptReport {
+    /// Still running and provably the same process: now supervised again, not restarted.
+    pub adopted: Vec<String>,
+    /// No such process any more: the record was forgotten.
+    pub gone: Vec<String>,
 }
 
 impl LocalRuntime {
-    /// A runtime with no replicas.
+    /// A runtime with no replicas that records them in memory only (tests, benchmarks).
     pub fn new(config: LocalRuntimeConfig) -> Arc<Self> {
+        Self::with_journal(config, Arc::new(MemoryJournal::default()))
+    }
+
+    /// A runtime with no replicas that records every replica in `journal`.
+    pub fn with_journal(config: LocalRuntimeConfig, journal: Arc<dyn ReplicaJournal>) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .timeout(config.health_timeout)
             // Replicas are on this host: an HTTP_PROXY in berth's environment must not apply.
@@ -120,6 +159,8 @@ impl LocalRuntime {
         Arc::new(Self {
             inner: Arc::new(Inner {
                 config,
+                journal,
+                detached: AtomicBool::new(false),
                 http,
                 replicas: Mutex::new(HashMap::new()),
                 version: watch::Sender::new(0),
@@ -138,6 +179,24 @@ impl LocalRuntime {
     /// the shared one [`Runtime::changed`] keeps.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.version.subscribe()
+    }
+
+    /// Takes over the recorded replicas of an earlier berth process (after a restart or a
+    /// crash). A record whose process still runs, is the same process (pid and start time) and
+    /// carries the record's id in its environment is adopted: supervised again, ready at once if
+    /// its health check passes, never restarted. A record with no such process is forgotten.
+    /// Processes that match no record are never touched.
+    pub async fn adopt(&self, records: Vec<ReplicaRecord>) -> AdoptReport {
+        self.inner.adopt(records).await
+    }
+
+    /// Lets every replica run on after this berth process ends, for the next start to adopt
+    /// (an upgrade without replica restarts). The records are kept; nothing is stopped.
+    pub fn detach(&self) {
+        self.inner.detached.store(true, Ordering::SeqCst);
+        for entry in self.inner.lock().values() {
+            entry.log_stop.cancel();
+        }
     }
 
     /// Stops every replica concurrently (server shutdown). Returns the first error, after all
@@ -195,69 +254,74 @@ impl Inner {
             port,
             alias: &spec.deployed_model,
         });
-        let env = process::build_env(&self.config.base_env, &spec.env);
-        let mut child = process::spawn(&argv, &env)?;
+        let secret = new_secret();
+        let mut record = ReplicaRecord {
+            id: spec.id.clone(),
+            workspace_id: spec.workspace_id.clone(),
+            deployed_model: spec.deployed_model.clone(),
+            pid: 0,
+            port,
+            started_at: Timestamp::now(),
+            secret: secret.clone(),
+            proc_start: 0,
+        };
+        // Written ahead: if berth dies during the spawn, the next start still finds the process
+        // by the id in its environment.
+        self.journal
+            .record(&record)
+            .await
+            .map_err(RuntimeError::Journal)?;
+        let mut env = process::build_env(&self.config.base_env, &spec.env);
+        env.insert(identity::REPLICA_ID_ENV.to_owned(), spec.id.clone());
+        env.insert(identity::REPLICA_SECRET_ENV.to_owned(), secret.clone());
+        if let Some(t) = self.config.orphan_timeout {
+            env.insert(
+                identity::ORPHAN_TIMEOUT_ENV.to_owned(),
+                t.as_secs_f64().to_string(),
+            );
+        }
+        let log_path = logs::log_path(&self.config.log_dir, &spec.id);
+        let spawned = logs::open_for_replica(&log_path)
+            .map_err(|source| RuntimeError::Spawn {
+                command: format!("log file {}", log_path.display()),
+                source,
+            })
+            .and_then(|log| process::spawn(&argv, &env, log));
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                self.forget_record(&spec.id).await;
+                return Err(e);
+            }
+        };
         let Some(pid) = child.id() else {
             // Only possible if the child was already reaped, which nothing here does.
+            self.forget_record(&spec.id).await;
             return Err(RuntimeError::Spawn {
                 command: process::display_command(&argv),
                 source: io::Error::other("the process has no pid"),
             });
         };
         let pgid = Pid::from_raw(pid as i32);
+        record.pid = pid;
+        record.proc_start = identity::proc_start(pid).unwrap_or(0);
+        if let Err(e) = self.journal.record(&record).await {
+            // Unrecorded, it must not live on: the next start could not prove it is ours.
+            process::kill_group(pgid);
+            let _ = child.wait().await;
+            self.forget_record(&spec.id).await;
+            return Err(RuntimeError::Journal(e));
+        }
         let observed = ObservedReplica {
             id: spec.id.clone(),
             workspace_id: spec.workspace_id.clone(),
             deployed_model: spec.deployed_model.clone(),
             pid: Some(pid),
             addr: process::probe_addr(ip, port),
-            started_at: Timestamp::now(),
+            started_at: record.started_at,
             state: ReplicaState::Starting,
+            secret,
         };
-        if let Some(stdout) = child.stdout.take() {
-            logs::forward(
-                stdout,
-                logs::Stream::Stdout,
-                spec.deployed_model.clone(),
-                spec.id.clone(),
-            );
-        }
-        if let Some(stderr) = child.stderr.take() {
-            logs::forward(
-                stderr,
-                logs::Stream::Stderr,
-                spec.deployed_model.clone(),
-                spec.id.clone(),
-            );
-        }
-
-        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        let (exited_tx, exited_rx) = watch::channel(false);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let inserted = {
-            let mut replicas = self.lock();
-            let free = !replicas.contains_key(&spec.id);
-            if free {
-                replicas.insert(
-                    spec.id.clone(),
-                    Entry {
-                        serial,
-                        observed: observed.clone(),
-                        pgid,
-                        exited: exited_rx,
-                        stopping: Arc::clone(&stopping),
-                    },
-                );
-                self.bump();
-            }
-            free
-        };
-        if !inserted {
-            // A concurrent start with the same id won: undo ours.
-            process::kill_group(pgid);
-            let _ = child.wait().await;
-            return Err(duplicate(&spec.id));
-        }
         tracing::info!(
             deployment = %spec.deployed_model,
             replica = %spec.id,
@@ -266,20 +330,159 @@ impl Inner {
             command = %process::display_command(&argv),
             "replica process started"
         );
+        let inserted = self.supervise(
+            observed.clone(),
+            pgid,
+            supervisor::Proc::Child(child),
+            log_path,
+            false,
+        );
+        if let Err(mut proc) = inserted {
+            // A concurrent start with the same id won: undo ours.
+            process::kill_group(pgid);
+            proc.wait().await;
+            self.forget_record(&spec.id).await;
+            return Err(duplicate(&spec.id));
+        }
+        Ok(observed)
+    }
+
+    /// Registers a running replica and spawns its supervisor and log follower. Hands the
+    /// process back when the id is taken.
+    fn supervise(
+        self: &Arc<Self>,
+        observed: ObservedReplica,
+        pgid: Pid,
+        proc: supervisor::Proc,
+        log_path: PathBuf,
+        adopted: bool,
+    ) -> Result<(), Box<supervisor::Proc>> {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let log_stop = CancellationToken::new();
+        {
+            let mut replicas = self.lock();
+            if replicas.contains_key(&observed.id) {
+                return Err(Box::new(proc));
+            }
+            replicas.insert(
+                observed.id.clone(),
+                Entry {
+                    serial,
+                    observed: observed.clone(),
+                    pgid,
+                    exited: exited_rx,
+                    stopping: Arc::clone(&stopping),
+                    log_stop: log_stop.clone(),
+                },
+            );
+            self.bump();
+        }
+        logs::follow(
+            log_path,
+            adopted,
+            log_stop.clone(),
+            observed.deployed_model.clone(),
+            observed.id.clone(),
+        );
         tokio::spawn(supervisor::run(
             Arc::clone(self),
             supervisor::Supervised {
-                id: spec.id,
-                deployed_model: spec.deployed_model,
+                id: observed.id,
+                deployed_model: observed.deployed_model,
                 serial,
                 addr: observed.addr,
+                secret: observed.secret,
+                initial: observed.state,
                 pgid,
-                child,
+                proc,
                 exited: exited_tx,
                 stopping,
+                log_stop,
             },
         ));
-        Ok(observed)
+        Ok(())
+    }
+
+    async fn forget_record(&self, id: &str) {
+        if let Err(e) = self.journal.forget(id).await {
+            tracing::warn!(replica = %id, error = %e, "cannot forget replica record");
+        }
+        let _ = std::fs::remove_file(logs::log_path(&self.config.log_dir, id));
+    }
+
+    async fn adopt(self: &Arc<Self>, records: Vec<ReplicaRecord>) -> AdoptReport {
+        let mut report = AdoptReport::default();
+        let Ok(ip) = process::parse_host(&self.config.host) else {
+            return report;
+        };
+        for mut record in records {
+            if self.lock().contains_key(&record.id) {
+                continue;
+            }
+            let found = if record.secret.is_empty() {
+                // Recorded by a berth that gave replicas no identity: it cannot be proven ours,
+                // so it is not adopted; what is left of it is stopped, as such berths did.
+                if record.pid != 0 && kill_leftover(record.pid, record.port) {
+                    tracing::info!(replica = %record.id, pid = record.pid, "stopped a replica of an older berth");
+                }
+                None
+            } else if record.pid == 0 {
+                identity::find_replica_process(std::path::Path::new("/proc"), &record.id)
+            } else if identity::is_same_process(record.pid, record.proc_start)
+                && identity::process_has_env(record.pid, identity::REPLICA_ID_ENV, &record.id)
+            {
+                Some((record.pid, record.proc_start))
+            } else {
+                None
+            };
+            let Some((pid, start)) = found else {
+                self.forget_record(&record.id).await;
+                report.gone.push(record.id);
+                continue;
+            };
+            if record.pid != pid || record.proc_start != start {
+                record.pid = pid;
+                record.proc_start = start;
+                if let Err(e) = self.journal.record(&record).await {
+                    tracing::warn!(replica = %record.id, error = %e, "cannot update replica record");
+                }
+            }
+            let addr = process::probe_addr(ip, record.port);
+            let healthy = supervisor::probe(&self.http, addr, &record.secret).await;
+            let observed = ObservedReplica {
+                id: record.id.clone(),
+                workspace_id: record.workspace_id.clone(),
+                deployed_model: record.deployed_model.clone(),
+                pid: Some(pid),
+                addr,
+                started_at: record.started_at,
+                state: if healthy {
+                    ReplicaState::Ready
+                } else {
+                    ReplicaState::Starting
+                },
+                secret: record.secret.clone(),
+            };
+            tracing::info!(
+                deployment = %record.deployed_model,
+                replica = %record.id,
+                pid,
+                %addr,
+                ready = healthy,
+                "replica adopted"
+            );
+            let log_path = logs::log_path(&self.config.log_dir, &record.id);
+            let proc = supervisor::Proc::Adopted { pid, start };
+            if self
+                .supervise(observed, Pid::from_raw(pid as i32), proc, log_path, true)
+                .is_ok()
+            {
+                report.adopted.push(record.id);
+            }
+        }
+        report
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
@@ -312,6 +515,7 @@ impl Inner {
                 let _ = exited.wait_for(|e| *e).await;
             }
         }
+        self.forget_record(id).await;
         let mut replicas = self.lock();
         if replicas.get(id).is_some_and(|e| e.serial == serial) {
             replicas.remove(id);
@@ -341,6 +545,13 @@ impl Inner {
         };
         self.seen.fetch_max(version, Ordering::SeqCst);
     }
+}
+
+/// 192 random bits, hex: a replica's secret.
+fn new_secret() -> String {
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 fn duplicate(id: &str) -> RuntimeError {

@@ -56,6 +56,7 @@ pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
             .map(|(i, addr)| Endpoint {
                 replica_id: format!("bench-{i}"),
                 addr: *addr,
+                secret: String::new(),
             })
             .collect(),
         rpm_limit: None,

@@ -25,6 +25,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub reconciler: ReconcilerConfig,
     pub gateway: GatewayConfig,
+    pub runtime: RuntimeConfig,
     /// The model catalog; when absent, the default catalog (the two shipped models).
     pub models: Option<Vec<ModelConfig>>,
 }
@@ -51,6 +52,26 @@ pub struct ReconcilerConfig {
     pub ready_timeout_secs: f64,
     /// Grace between SIGTERM and SIGKILL when stopping a replica, seconds.
     pub stop_grace_secs: f64,
+    /// How long a replica taken out of routing (scale-down, delete) may finish its calls in
+    /// flight before it is stopped, seconds.
+    pub drain_secs: f64,
+}
+
+/// Replica processes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// A replica that has had no authenticated health check from its berth for this long stops
+    /// by itself (its berth is gone and did not come back), seconds; 0 turns that off.
+    pub orphan_timeout_secs: f64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            orphan_timeout_secs: 600.0,
+        }
+    }
 }
 
 /// Inference gateway settings.
@@ -123,6 +144,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             reconciler: ReconcilerConfig::default(),
             gateway: GatewayConfig::default(),
+            runtime: RuntimeConfig::default(),
             models: None,
         }
     }
@@ -142,6 +164,7 @@ impl Default for ReconcilerConfig {
             backoff_secs: 1.0,
             ready_timeout_secs: 120.0,
             stop_grace_secs: 10.0,
+            drain_secs: 30.0,
         }
     }
 }
@@ -184,6 +207,8 @@ pub const ENV_SETTINGS: &[&str] = &[
     "BERTH_RECONCILER_BACKOFF_SECS",
     "BERTH_RECONCILER_READY_TIMEOUT_SECS",
     "BERTH_RECONCILER_STOP_GRACE_SECS",
+    "BERTH_RECONCILER_DRAIN_SECS",
+    "BERTH_RUNTIME_ORPHAN_TIMEOUT_SECS",
     "BERTH_GATEWAY_HOLD_SECS",
     "BERTH_GATEWAY_HOLD_QUEUE",
     "BERTH_BIN",
@@ -200,7 +225,10 @@ enum EnvError {
 /// The setting `key` most probably meant to name: one within two edits (one for short names)
 /// after `BERTH_`, compared without regard to case.
 fn near_setting(key: &str) -> Option<&'static str> {
-    let rest = key.strip_prefix("BERTH_").unwrap_or(key).to_ascii_uppercase();
+    let rest = key
+        .strip_prefix("BERTH_")
+        .unwrap_or(key)
+        .to_ascii_uppercase();
     ENV_SETTINGS
         .iter()
         .map(|name| {
@@ -312,6 +340,8 @@ impl Config {
                 self.reconciler.ready_timeout_secs = num(value)?
             }
             "BERTH_RECONCILER_STOP_GRACE_SECS" => self.reconciler.stop_grace_secs = num(value)?,
+            "BERTH_RECONCILER_DRAIN_SECS" => self.reconciler.drain_secs = num(value)?,
+            "BERTH_RUNTIME_ORPHAN_TIMEOUT_SECS" => self.runtime.orphan_timeout_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_SECS" => self.gateway.hold_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_QUEUE" => self.gateway.hold_queue = num(value)?,
             // Read by other parts of berth, not by the configuration.
@@ -335,6 +365,11 @@ impl Config {
                 self.reconciler.stop_grace_secs,
             ),
             ("gateway.hold_secs", self.gateway.hold_secs),
+            ("reconciler.drain_secs", self.reconciler.drain_secs),
+            (
+                "runtime.orphan_timeout_secs",
+                self.runtime.orphan_timeout_secs,
+            ),
         ];
         for (name, v) in secs {
             if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
@@ -540,7 +575,10 @@ mod tests {
         assert!(loaded.warnings[0].contains("BERTH_GATEWAY_HOLD_SECS"));
         assert!(loaded.warnings[1].contains("did you mean BERTH_NODE_CAPACITY_UNITS"));
         assert!(!loaded.warnings.iter().any(|w| w.contains('4')));
-        assert_eq!(loaded.config.node.capacity_units, 8, "a misspelling is not applied");
+        assert_eq!(
+            loaded.config.node.capacity_units, 8,
+            "a misspelling is not applied"
+        );
     }
 
     #[test]

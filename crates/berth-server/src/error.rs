@@ -59,7 +59,14 @@ impl ApiError {
 
 impl From<berth_store::StoreError> for ApiError {
     fn from(e: berth_store::StoreError) -> Self {
-        Self::internal(e)
+        match e {
+            // The store refused the write in the same statement: the deployment is deleting.
+            berth_store::StoreError::Deleting(name) => Self::new(
+                berth_core::ErrorCode::Conflict,
+                format!("Deployed model {name} is being deleted."),
+            ),
+            e => Self::internal(e),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod datadir;
 pub mod error;
 pub mod extract;
 pub mod front;
@@ -16,11 +17,14 @@ pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use berth_control::{Reconciler, ReconcilerSettings};
-use berth_runtime::{LocalRuntime, LocalRuntimeConfig};
+use berth_core::ReplicaRecord;
+use berth_runtime::{JournalError, LocalRuntime, LocalRuntimeConfig, ReplicaJournal};
 use berth_store::{CachedStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +50,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Keys(#[from] berth_store::StoreError),
+    #[error(transparent)]
+    DataDir(#[from] datadir::LockError),
 }
 
 /// What the process around the server supplies.
@@ -55,6 +61,24 @@ pub struct ServeEnv {
     pub berth_exe: PathBuf,
     /// Environment passed to replicas (PATH, HOME, ...); nothing else is inherited.
     pub replica_env: BTreeMap<String, String>,
+    /// Set before `shutdown` is cancelled to leave the replicas running for the next start to
+    /// adopt (an upgrade), instead of stopping them.
+    pub keep_replicas: Arc<AtomicBool>,
+}
+
+/// The store as the runtime's replica journal.
+struct StoreJournal(Arc<dyn Store>);
+
+#[async_trait]
+impl ReplicaJournal for StoreJournal {
+    async fn record(&self, replica: &ReplicaRecord) -> Result<(), JournalError> {
+        Ok(self.0.put_replica(replica).await?)
+    }
+
+    async fn forget(&self, id: &str) -> Result<(), JournalError> {
+        self.0.remove_replica(id).await?;
+        Ok(())
+    }
 }
 
 /// Opens the SQLite store under the data dir (what `berth keys` uses).
@@ -84,12 +108,14 @@ fn secs(v: f64) -> Duration {
 }
 
 /// Runs `berth serve` until `shutdown` is cancelled, then drains: stops accepting, stops the
-/// replicas, and returns.
+/// replicas (or leaves them running, see [`ServeEnv::keep_replicas`]), and returns.
 pub async fn serve(
     config: Config,
     env: ServeEnv,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    // Before anything is read or written: a second server on this directory stops here.
+    let _owner = datadir::DataDirLock::acquire(&config.data_dir)?;
     let store = open_serving_store(&config).await?;
     if let Some(secret) = &config.bootstrap_key {
         let record = keys::from_secret(secret, "default");
@@ -98,7 +124,6 @@ pub async fn serve(
             tracing::info!(key = %record.id, "bootstrap API key added to workspace default");
         }
     }
-    reap_leftover_replicas(store.as_ref()).await?;
     let catalog = Arc::new(config.catalog());
     for m in &catalog.models {
         if let Some(reason) = m.missing_weights_reason() {
@@ -113,16 +138,33 @@ pub async fn serve(
     })
     .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
 
-    let runtime = LocalRuntime::new(LocalRuntimeConfig {
-        berth_exe: env.berth_exe.clone(),
-        ready_timeout: secs(config.reconciler.ready_timeout_secs),
-        stop_grace: secs(config.reconciler.stop_grace_secs),
-        base_env: env.replica_env.clone(),
-        ..LocalRuntimeConfig::default()
-    });
+    let orphan = config.runtime.orphan_timeout_secs;
+    let runtime = LocalRuntime::with_journal(
+        LocalRuntimeConfig {
+            berth_exe: env.berth_exe.clone(),
+            ready_timeout: secs(config.reconciler.ready_timeout_secs),
+            stop_grace: secs(config.reconciler.stop_grace_secs),
+            base_env: env.replica_env.clone(),
+            log_dir: config.data_dir.join("replicas"),
+            orphan_timeout: (orphan > 0.0).then(|| secs(orphan)),
+            ..LocalRuntimeConfig::default()
+        },
+        Arc::new(StoreJournal(store.clone())),
+    );
+    // Before the first reconcile pass: replicas of an earlier run that still live are taken
+    // over, so the pass sees them ready and starts nothing in their place.
+    let report = runtime.adopt(store.list_replicas().await?).await;
+    if !report.adopted.is_empty() || !report.gone.is_empty() {
+        tracing::info!(
+            adopted = report.adopted.len(),
+            gone = report.gone.len(),
+            "replicas of the previous run: adopted the live ones, forgot the rest"
+        );
+    }
+    let in_flight_gateway = gateway.clone();
     let reconciler = Reconciler::new(
         store.clone(),
-        runtime,
+        runtime.clone(),
         catalog.clone(),
         ReconcilerSettings {
             resync: secs(config.reconciler.resync_secs),
@@ -130,9 +172,12 @@ pub async fn serve(
             backoff: secs(config.reconciler.backoff_secs),
             node_units: config.node.capacity_units,
             replica_env: BTreeMap::new(),
+            drain: secs(config.reconciler.drain_secs),
         },
         gateway.publisher(),
-    );
+    )
+    .with_in_flight(Arc::new(move |id| in_flight_gateway.in_flight(id)))
+    .keep_replicas_flag(env.keep_replicas.clone());
     let nudge = reconciler.nudge_handle();
     let keys = KeyRing::new(store.clone());
     keys.refresh().await?;
@@ -157,22 +202,15 @@ pub async fn serve(
     let reconciler_stop = CancellationToken::new();
     let reconciler_task = tokio::spawn(reconciler.run(reconciler_stop.clone()));
     front::serve(listener, state, shutdown.clone()).await?;
-    tracing::info!("stopping replicas");
+    let keep = env.keep_replicas.load(std::sync::atomic::Ordering::SeqCst);
+    if keep {
+        // Nothing may kill them from here on, not even the supervisors' guards at exit.
+        runtime.detach();
+    } else {
+        tracing::info!("stopping replicas");
+    }
     reconciler_stop.cancel();
     let _ = reconciler_task.await;
-    tracing::info!("berth stopped");
-    Ok(())
-}
-
-/// Replicas recorded by an earlier run that did not shut down cleanly (crash, SIGKILL) are not
-/// re-adopted yet: they are stopped, so no orphan model server keeps running unseen, and the
-/// reconciler starts fresh ones from desired state.
-async fn reap_leftover_replicas(store: &dyn Store) -> Result<(), ServeError> {
-    for r in store.list_replicas().await? {
-        if berth_runtime::kill_leftover(r.pid, r.port) {
-            tracing::warn!(replica = %r.id, deployment = %r.deployed_model, pid = r.pid, "stopped a replica left over from an earlier run");
-        }
-        store.remove_replica(&r.id).await?;
-    }
+    tracing::info!(replicas_left_running = keep, "berth stopped");
     Ok(())
 }

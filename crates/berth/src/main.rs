@@ -3,6 +3,8 @@
 mod keys;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use berth_server::config::{Config, Overrides};
@@ -125,12 +127,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .filter(|(k, _)| matches!(k.as_str(), "PATH" | "HOME" | "RUST_LOG"))
         .collect();
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let keep_replicas = Arc::new(AtomicBool::new(false));
+    tokio::spawn(stop_on_signal(shutdown.clone(), keep_replicas.clone()));
     berth_server::serve(
         config,
         berth_server::ServeEnv {
             berth_exe,
             replica_env,
+            keep_replicas,
         },
         shutdown,
     )
@@ -138,12 +142,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
-async fn stop_on_signal(token: CancellationToken) {
+/// Cancels `token` on SIGINT or SIGTERM (replicas are stopped), or on SIGUSR2 after setting
+/// `keep_replicas` (replicas keep running for the next start to adopt: an upgrade).
+async fn stop_on_signal(token: CancellationToken, keep_replicas: Arc<AtomicBool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -151,6 +157,10 @@ async fn stop_on_signal(token: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = usr2.recv() => {
+            tracing::info!("SIGUSR2: shutting down, leaving the replicas running for the next start");
+            keep_replicas.store(true, Ordering::SeqCst);
+        }
     }
     token.cancel();
 }

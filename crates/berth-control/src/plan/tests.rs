@@ -41,6 +41,7 @@ fn rep(id: &str, deployment: &str, state: ReplicaState) -> ObservedReplica {
         addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
         started_at: Timestamp(1),
         state,
+        secret: String::new(),
     }
 }
 
@@ -62,6 +63,7 @@ struct Case {
     expect_status: Option<(Status, u32)>,
     expect_message: Option<&'static str>,
     expect_fail: Option<&'static str>,
+    in_flight: Vec<(&'static str, u32)>,
 }
 
 impl Default for Case {
@@ -80,6 +82,7 @@ impl Default for Case {
             expect_status: None,
             expect_message: None,
             expect_fail: None,
+            in_flight: vec![],
         }
     }
 }
@@ -116,10 +119,16 @@ fn run(case: &Case) -> Plan {
             )
         })
         .collect();
+    let in_flight: HashMap<String, u32> = case
+        .in_flight
+        .iter()
+        .map(|(id, n)| (id.to_string(), *n))
+        .collect();
     plan(&PlanInput {
         desired: &case.desired,
         observed: &case.observed,
         stopping: &stopping,
+        in_flight: &in_flight,
         models: &models,
         failures: &failures,
         now,
@@ -172,6 +181,15 @@ fn table() {
             desired: vec![dep("a", Status::Updating, 1, 1)],
             observed: vec![rep("r1", "a", Ready), rep("r2", "a", Starting), rep("r3", "a", Ready)],
             expect_stops: vec!["r2", "r1"],
+            expect_status: Some((Status::Running, 1)),
+            ..Default::default()
+        },
+        Case {
+            name: "scale down stops the ready replicas with the fewest calls in flight",
+            desired: vec![dep("a", Status::Updating, 1, 1)],
+            observed: vec![rep("r1", "a", Ready), rep("r3", "a", Ready), rep("r4", "a", Ready)],
+            in_flight: vec![("r1", 3), ("r4", 1)],
+            expect_stops: vec!["r3", "r4"],
             expect_status: Some((Status::Running, 1)),
             ..Default::default()
         },

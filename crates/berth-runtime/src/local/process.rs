@@ -67,24 +67,30 @@ pub(super) fn display_command(argv: &[String]) -> String {
 }
 
 /// Spawns `argv` as the leader of a new process group with exactly `env` as its environment,
-/// stdin from /dev/null and stdout/stderr piped.
+/// stdin from /dev/null and stdout and stderr appended to `log`.
 pub(super) fn spawn(
     argv: &[String],
     env: &BTreeMap<String, String>,
+    log: std::fs::File,
 ) -> Result<Child, RuntimeError> {
     let (program, args) = argv.split_first().ok_or(RuntimeError::EmptyCommand)?;
+    let log_err = log.try_clone().map_err(|source| RuntimeError::Spawn {
+        command: display_command(argv),
+        source,
+    })?;
     Command::new(program)
         .args(args)
         .env_clear()
         .envs(env)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
         // Its own group, so that stop reaches everything the engine starts and a Ctrl-C aimed
         // at berth's terminal group does not hit replicas behind the runtime's back.
         .process_group(0)
-        // Last resort only: the supervisor's group guard and `stop` do the real work.
-        .kill_on_drop(true)
+        // Not killed when the handle is dropped: the supervisor's group guard and `stop` do
+        // that, and a detached runtime (an upgrade) leaves the replica running on purpose.
+        .kill_on_drop(false)
         .spawn()
         .map_err(|source| RuntimeError::Spawn {
             command: display_command(argv),
@@ -222,13 +228,14 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let err = rt.block_on(async { spawn(&argv, &BTreeMap::new()).unwrap_err() });
+        let log = || tempfile::tempfile().unwrap();
+        let err = rt.block_on(async { spawn(&argv, &BTreeMap::new(), log()).unwrap_err() });
         assert!(
             err.to_string()
                 .contains("/nonexistent/berth-engine --port 1"),
             "{err}"
         );
-        let err = rt.block_on(async { spawn(&[], &BTreeMap::new()).unwrap_err() });
+        let err = rt.block_on(async { spawn(&[], &BTreeMap::new(), log()).unwrap_err() });
         assert!(matches!(err, RuntimeError::EmptyCommand));
     }
 }

@@ -1,17 +1,49 @@
-//! The supervisor task of one replica: probes `GET /health`, waits on the process, and records
-//! every state change until the process is gone.
+//! The supervisor task of one replica: probes `GET /health` with the replica's secret, waits on
+//! the process, and records every state change until the process is gone.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{process, Inner};
+use super::{identity, process, Inner};
 use crate::ReplicaState;
+
+/// The process of a replica: a child of this berth, or one adopted after a restart, which can
+/// only be watched through `/proc`.
+pub(super) enum Proc {
+    Child(Child),
+    Adopted { pid: u32, start: u64 },
+}
+
+/// How often an adopted process is checked for having exited.
+const ADOPTED_EXIT_POLL: Duration = Duration::from_millis(100);
+
+impl Proc {
+    /// Waits until the process has exited (and, for a child, is reaped); says why it ended.
+    pub(super) async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(child) => match child.wait().await {
+                Ok(status) => process::exit_reason(status),
+                Err(e) => format!("cannot wait for replica process: {e}"),
+            },
+            Proc::Adopted { pid, start } => {
+                while identity::is_same_process(*pid, *start) {
+                    tokio::time::sleep(ADOPTED_EXIT_POLL).await;
+                }
+                "replica process exited (adopted after a restart of berth: its exit status is \
+                 not known)"
+                    .to_owned()
+            }
+        }
+    }
+}
 
 /// Everything the supervisor needs about its replica.
 pub(super) struct Supervised {
@@ -19,23 +51,30 @@ pub(super) struct Supervised {
     pub deployed_model: String,
     pub serial: u64,
     pub addr: SocketAddr,
+    pub secret: String,
+    /// The state to start from: `Starting`, or `Ready` for an adopted replica that passed its
+    /// first check.
+    pub initial: ReplicaState,
     pub pgid: Pid,
-    pub child: Child,
+    pub proc: Proc,
     /// Set to `true` once the process is reaped and its group swept.
     pub exited: watch::Sender<bool>,
     pub stopping: Arc<AtomicBool>,
+    pub log_stop: CancellationToken,
 }
 
 /// Kills the process group if the supervisor is dropped before the process was reaped (the
-/// tokio runtime shutting down, say), so no replica outlives berth.
-struct GroupGuard {
+/// tokio runtime shutting down, say), so no replica outlives berth, unless the runtime was
+/// detached on purpose (the replicas are left for the next start to adopt).
+struct GroupGuard<'a> {
     pgid: Pid,
     armed: bool,
+    detached: &'a AtomicBool,
 }
 
-impl Drop for GroupGuard {
+impl Drop for GroupGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && !self.detached.load(Ordering::SeqCst) {
             process::kill_group(self.pgid);
         }
     }
@@ -56,17 +95,24 @@ pub(super) async fn run(inner: Arc<Inner>, replica: Supervised) {
         deployed_model,
         serial,
         addr,
+        secret,
+        initial,
         pgid,
-        mut child,
+        mut proc,
         exited,
         stopping,
+        log_stop,
     } = replica;
-    let mut guard = GroupGuard { pgid, armed: true };
-    let mut checker = HealthChecker::new(&inner, addr);
+    let mut guard = GroupGuard {
+        pgid,
+        armed: true,
+        detached: &inner.detached,
+    };
+    let mut checker = HealthChecker::new(&inner, addr, &secret, initial);
     let mut killed_reason: Option<String> = None;
 
     let status = {
-        let wait = child.wait();
+        let wait = proc.wait();
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -93,10 +139,8 @@ pub(super) async fn run(inner: Arc<Inner>, replica: Supervised) {
     // Whatever else the replica started in its group goes with it.
     process::kill_group(pgid);
     guard.armed = false;
-    let reason = killed_reason.unwrap_or_else(|| match status {
-        Ok(status) => process::exit_reason(status),
-        Err(e) => format!("cannot wait for replica process: {e}"),
-    });
+    log_stop.cancel();
+    let reason = killed_reason.unwrap_or(status);
     if stopping.load(Ordering::SeqCst) {
         tracing::info!(deployment = %deployed_model, replica = %id, "replica stopped: {reason}");
     } else {
@@ -116,21 +160,35 @@ fn log_transition(deployment: &str, replica: &str, from: &ReplicaState, to: &Rep
     }
 }
 
+/// One authenticated `GET /health`: whether it answers 200 within the client's timeout.
+pub(super) async fn probe(http: &reqwest::Client, addr: SocketAddr, secret: &str) -> bool {
+    let mut request = http.get(format!("http://{addr}/health"));
+    if !secret.is_empty() {
+        request = request.bearer_auth(secret);
+    }
+    match request.send().await {
+        Ok(response) => response.status() == reqwest::StatusCode::OK,
+        Err(_) => false,
+    }
+}
+
 /// Paces and interprets `/health` probes.
 struct HealthChecker<'a> {
     inner: &'a Inner,
-    url: String,
+    addr: SocketAddr,
+    secret: &'a str,
     state: ReplicaState,
     ready_deadline: Instant,
     consecutive_failures: u32,
 }
 
 impl<'a> HealthChecker<'a> {
-    fn new(inner: &'a Inner, addr: SocketAddr) -> Self {
+    fn new(inner: &'a Inner, addr: SocketAddr, secret: &'a str, initial: ReplicaState) -> Self {
         Self {
             inner,
-            url: format!("http://{addr}/health"),
-            state: ReplicaState::Starting,
+            addr,
+            secret,
+            state: initial,
             ready_deadline: Instant::now() + inner.config.ready_timeout,
             consecutive_failures: 0,
         }
@@ -169,9 +227,6 @@ impl<'a> HealthChecker<'a> {
 
     /// Whether `/health` answers 200 within the health timeout.
     async fn probe(&self) -> bool {
-        match self.inner.http.get(&self.url).send().await {
-            Ok(response) => response.status() == reqwest::StatusCode::OK,
-            Err(_) => false,
-        }
+        probe(&self.inner.http, self.addr, self.secret).await
     }
 }

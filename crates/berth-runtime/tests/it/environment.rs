@@ -51,8 +51,21 @@ async fn replica_sees_only_the_explicit_environment() {
         env.get("HOME").copied(),
         base.get("HOME").map(String::as_str)
     );
+    // Its identity and secret, for adoption after a restart and for calls to it.
+    assert_eq!(env.get("BERTH_REPLICA_ID"), Some(&"r1"));
+    let secret = env.get("BERTH_REPLICA_SECRET").copied().unwrap_or_default();
+    assert_eq!(secret.len(), 48, "{secret}");
+    assert_eq!(secret, started.secret);
     // Python may add LC_CTYPE itself (PEP 538) when C.UTF-8 is not installed.
-    let allowed = ["BERTH_REPLICA_TEST", "LANG", "PATH", "HOME", "LC_CTYPE"];
+    let allowed = [
+        "BERTH_REPLICA_TEST",
+        "BERTH_REPLICA_ID",
+        "BERTH_REPLICA_SECRET",
+        "LANG",
+        "PATH",
+        "HOME",
+        "LC_CTYPE",
+    ];
     let unexpected: Vec<_> = env.keys().filter(|k| !allowed.contains(k)).collect();
     assert!(unexpected.is_empty(), "inherited: {unexpected:?}");
     // The test process has plenty of other variables (cargo sets CARGO_*), none of which leaked.

@@ -168,9 +168,22 @@ pub fn alive(pid: i32) -> bool {
     stat(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
-/// Whether `kill(pid, 0)` succeeds, i.e. the pid exists at all (zombies included).
+/// Whether `pid` still names a child of this test process, zombies included: the replica has
+/// not been reaped yet. (The parent is checked because pids are reused, and on a machine with a
+/// small `pid_max` a busy test run wraps around within seconds.)
 pub fn pid_exists(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| {
+            t.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u32>()
+                .ok()
+        });
+    exists && ppid == Some(std::process::id())
 }
 
 /// Live (not zombie) members of process group `pgid`. Zombies are left out because orphans are

@@ -51,6 +51,7 @@ async fn server_with(replica: SocketAddr, timeouts: Timeouts) -> Server {
             endpoints: vec![Endpoint {
                 replica_id: "r1".into(),
                 addr: replica,
+                secret: String::new(),
             }],
             rpm_limit: None,
             tpm_limit: None,

@@ -115,9 +115,22 @@ async fn suffix_rule_and_names_free_again_after_removal() {
         .await;
     assert_eq!(r.output()["workspace_id"], "other");
     // Fully removed (what the reconciler does at the end of a delete): the name is free.
+    let g = app
+        .store
+        .change_deployment(
+            "default",
+            "tiny",
+            berth_store::DesiredChange::Delete,
+            "test",
+            berth_core::Timestamp::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
     assert!(app
         .store
-        .remove_deployment("default", "tiny")
+        .remove_deployment("default", "tiny", g)
         .await
         .unwrap());
     app.post(
@@ -268,7 +281,18 @@ async fn get_scale_update_delete_lifecycle() {
         .await;
     r.assert_error(409, "Conflict", None);
 
-    app.store.remove_deployment("default", "big").await.unwrap();
+    let g = app
+        .store
+        .get_deployment("default", "big")
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
+    assert!(app
+        .store
+        .remove_deployment("default", "big", g)
+        .await
+        .unwrap());
     app.get("/api/v1/deployments/big").await.assert_error(
         404,
         "NotFound",

@@ -58,6 +58,7 @@ async fn app(rpm_limit: Option<u64>) -> App {
             vec![Endpoint {
                 replica_id: "r1".into(),
                 addr: replica,
+                secret: String::new(),
             }],
         ),
         entry("idle", vec![]),
