@@ -46,6 +46,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Keys(#[from] berth_store::StoreError),
+    #[error(transparent)]
+    Bootstrap(#[from] keys::BootstrapError),
 }
 
 /// What the process around the server supplies.
@@ -90,13 +92,10 @@ pub async fn serve(
     env: ServeEnv,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let fd_limit = front::raise_fd_limit();
     let store = open_serving_store(&config).await?;
     if let Some(secret) = &config.bootstrap_key {
-        let record = keys::from_secret(secret, "default");
-        if store.find_api_key(&record.hash).await?.is_none() {
-            store.insert_api_key(&record).await?;
-            tracing::info!(key = %record.id, "bootstrap API key added to workspace default");
-        }
+        keys::ensure_bootstrap(store.as_ref(), secret).await?;
     }
     reap_leftover_replicas(store.as_ref()).await?;
     let catalog = Arc::new(config.catalog());
@@ -109,6 +108,7 @@ pub async fn serve(
     let gateway = berth_gateway::Gateway::new(berth_gateway::GatewayConfig {
         hold: secs(config.gateway.hold_secs),
         queue_bound: config.gateway.hold_queue,
+        read_timeout: secs(config.gateway.read_timeout_secs),
         ..berth_gateway::GatewayConfig::default()
     })
     .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
@@ -144,6 +144,7 @@ pub async fn serve(
         keys,
         nudge,
         gateway,
+        quotas: state::Quotas::new(config.quota.clone()),
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -154,9 +155,15 @@ pub async fn serve(
         })?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "berth serving");
 
+    let limits = front::Limits::from_config(&config.server);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        fd_limit = fd_limit,
+        "client connection limit"
+    );
     let reconciler_stop = CancellationToken::new();
     let reconciler_task = tokio::spawn(reconciler.run(reconciler_stop.clone()));
-    front::serve(listener, state, shutdown.clone()).await?;
+    front::serve_with(listener, state, shutdown.clone(), limits).await?;
     tracing::info!("stopping replicas");
     reconciler_stop.cancel();
     let _ = reconciler_task.await;

@@ -12,6 +12,7 @@ use super::*;
 const SETTINGS: Settings = Settings {
     connect_timeout: Duration::from_secs(1),
     idle_timeout: Duration::from_secs(60),
+    read_timeout: Duration::from_secs(60),
 };
 
 /// What a scripted replica does after reading one request.
