@@ -154,6 +154,32 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_streams_never_break_the_framing() {
+        // A deterministic sweep on top of the fuzz target (fuzz/fuzz_targets/sse_frames.rs).
+        let alphabet = b"data: {}[]\"\r\n\n\n:x";
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let bytes: Vec<u8> = (0..rng.usize(..200))
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let mut cuts: Vec<usize> = (0..rng.usize(..6))
+                .map(|_| rng.usize(..=bytes.len()))
+                .collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                chunks.push(&bytes[at..c]);
+                at = c;
+            }
+            chunks.push(&bytes[at..]);
+            check_frames(&chunks);
+        }
+        let long = vec![b'x'; MAX_EVENT + 10];
+        check_frames(&[&long[..MAX_EVENT / 2], &long[MAX_EVENT / 2..], b"\n\n"]);
+    }
+
+    #[test]
     fn boundaries_are_blank_lines_of_either_kind() {
         assert_eq!(last_boundary(b""), 0);
         assert_eq!(last_boundary(b"data: a\n"), 0);

@@ -230,6 +230,42 @@ fn only_plain_inference_posts_take_the_short_lane() {
 }
 
 #[test]
+fn arbitrary_heads_never_break_the_parser() {
+    // A deterministic sweep of mutations of real heads, on top of the fuzz target
+    // (fuzz/fuzz_targets/request_head.rs), so the normal test suite covers the parser too.
+    let seeds = [
+        chat("x-request-id: a\r\nexpect: 100-continue\r\nx-dashscope-workspace: w\r\n", "{}"),
+        "POST /api/v1/services/aigc/text-generation/generation HTTP/1.1\r\nX-DashScope-SSE: enable\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_owned(),
+    ];
+    let mut rng = fastrand::Rng::with_seed(3);
+    for seed in &seeds {
+        check_parse(seed.as_bytes());
+        for _ in 0..20_000 {
+            let mut bytes = seed.as_bytes().to_vec();
+            for _ in 0..rng.usize(1..6) {
+                let alphabet = b"\r\n: ,0123456789+-";
+                match rng.u8(0..4) {
+                    0 if !bytes.is_empty() => {
+                        let at = rng.usize(..bytes.len());
+                        bytes[at] = rng.u8(..);
+                    }
+                    1 => {
+                        let at = rng.usize(..=bytes.len());
+                        bytes.insert(at, alphabet[rng.usize(..alphabet.len())]);
+                    }
+                    2 if !bytes.is_empty() => {
+                        let at = rng.usize(..bytes.len());
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(rng.usize(..=bytes.len())),
+                }
+            }
+            check_parse(&bytes);
+        }
+    }
+}
+
+#[test]
 fn chunk_sizes_are_written_in_hex() {
     assert_eq!(hex(0, &mut [0; 16]), b"0");
     assert_eq!(hex(0x1a2f, &mut [0; 16]), b"1a2f");
@@ -774,4 +810,43 @@ async fn a_large_body_leaves_no_large_buffer_behind() {
     assert_eq!(&c.buf[..], b"next");
     assert!(c.buf.capacity() <= 2 * READ_CHUNK, "{}", c.buf.capacity());
     drop(client);
+}
+
+#[tokio::test]
+async fn a_null_stream_options_reaches_the_replica_as_one_key() {
+    // A replica that records the body it got and answers a two-event stream.
+    let replica = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_addr = replica.local_addr().unwrap();
+    let (body_tx, body_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut conn, _) = replica.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        while !got.ends_with(b"}") {
+            let n = conn.read(&mut b).await.unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        let events = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+            events.len()
+        );
+        conn.write_all(answer.as_bytes()).await.unwrap();
+        let _ = body_tx.send(got);
+    });
+    let s = server(replica_addr).await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let body = r#"{"model":"m1","stream":true,"stream_options":null,"messages":[{"role":"user","content":"hi"}]}"#;
+    conn.write_all(chat("", body).as_bytes()).await.unwrap();
+    let reply = read_reply(&mut conn, &mut Vec::new()).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let sent = String::from_utf8(body_rx.await.unwrap()).unwrap();
+    let sent_body = &sent[sent.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(
+        sent_body.matches("\"stream_options\"").count(),
+        1,
+        "{sent_body}"
+    );
+    let v: Value = serde_json::from_str(sent_body).unwrap();
+    assert_eq!(v["stream_options"]["include_usage"], true);
 }
