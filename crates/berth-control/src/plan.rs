@@ -246,12 +246,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 used += fit as u32 * base;
                 if fit < missing {
+                    // Only this deployment's own numbers: how busy the node is would tell every
+                    // workspace about the others.
                     status_message = Some(format!(
-                        "Waiting for capacity: {} more replica(s) need {} unit(s), this node has {} free of {}.",
+                        "Waiting for capacity: {} more replica(s) need {} unit(s), and the node is out of free capacity units.",
                         missing - fit,
                         (missing - fit) as u32 * base,
-                        input.node_units.saturating_sub(used),
-                        input.node_units
                     ));
                 }
             }

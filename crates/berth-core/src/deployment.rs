@@ -91,8 +91,18 @@ impl Capacity {
     }
 }
 
+/// What a client sent, for a message: cut to 40 characters, so a message never repeats a
+/// megabyte back.
+pub fn shorten(raw: &str) -> std::borrow::Cow<'_, str> {
+    match raw.char_indices().nth(40) {
+        None => raw.into(),
+        Some((end, _)) => format!("{}...", &raw[..end]).into(),
+    }
+}
+
 /// The upstream message for a capacity that breaks the rules; `shown` is what the client sent.
 pub fn invalid_capacity_message(shown: &str, base_capacity: u32) -> String {
+    let shown = shorten(shown);
     format!(
         "Invalid capacity ({shown}), capacity must be larger than or equal to 0 and multiples of {base_capacity} and less than 1000!"
     )
@@ -114,7 +124,8 @@ impl Suffix {
             Ok(Self(raw.to_owned()))
         } else {
             Err(format!(
-                "Invalid suffix ({raw}), suffix must be 1 to 8 characters of lower-case letters and digits!"
+                "Invalid suffix ({}), suffix must be 1 to 8 characters of lower-case letters and digits!",
+                shorten(raw)
             ))
         }
     }

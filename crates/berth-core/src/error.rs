@@ -15,6 +15,8 @@ pub enum ErrorCode {
     Conflict,
     Throttling,
     ThrottlingRateQuota,
+    /// Over a workspace's quota of deployments or capacity units.
+    ThrottlingAllocationQuota,
     InternalError,
     ModelUnavailable,
     RequestTimeOut,
@@ -33,6 +35,7 @@ impl ErrorCode {
             Self::Conflict => "Conflict",
             Self::Throttling => "Throttling",
             Self::ThrottlingRateQuota => "Throttling.RateQuota",
+            Self::ThrottlingAllocationQuota => "Throttling.AllocationQuota",
             Self::InternalError => "InternalError",
             Self::ModelUnavailable => "ModelUnavailable",
             Self::RequestTimeOut => "RequestTimeOut",
@@ -51,6 +54,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::Throttling => "throttling",
             Self::ThrottlingRateQuota => "rate_limit_exceeded",
+            Self::ThrottlingAllocationQuota => "allocation_quota_exceeded",
             Self::InternalError => "internal_error",
             Self::ModelUnavailable => "model_unavailable",
             Self::RequestTimeOut => "request_timeout",
@@ -62,7 +66,9 @@ impl ErrorCode {
         match self {
             Self::InvalidApiKey => "authentication_error",
             Self::AccessDenied => "permission_error",
-            Self::ThrottlingRateQuota | Self::Throttling => "rate_limit_error",
+            Self::ThrottlingRateQuota | Self::Throttling | Self::ThrottlingAllocationQuota => {
+                "rate_limit_error"
+            }
             Self::InternalError | Self::ModelUnavailable | Self::RequestTimeOut => "server_error",
             _ => "invalid_request_error",
         }
@@ -77,7 +83,7 @@ impl ErrorCode {
             Self::NotFound | Self::ModelNotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
-            Self::Throttling | Self::ThrottlingRateQuota => 429,
+            Self::Throttling | Self::ThrottlingRateQuota | Self::ThrottlingAllocationQuota => 429,
             Self::InternalError => 500,
             Self::ModelUnavailable => 503,
             Self::RequestTimeOut => 504,
@@ -105,6 +111,11 @@ mod tests {
             (ErrorCode::ModelNotFound, 404, "ModelNotFound"),
             (ErrorCode::Conflict, 409, "Conflict"),
             (ErrorCode::ThrottlingRateQuota, 429, "Throttling.RateQuota"),
+            (
+                ErrorCode::ThrottlingAllocationQuota,
+                429,
+                "Throttling.AllocationQuota",
+            ),
             (ErrorCode::InternalError, 500, "InternalError"),
             (ErrorCode::ModelUnavailable, 503, "ModelUnavailable"),
         ];

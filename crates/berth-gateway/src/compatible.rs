@@ -51,7 +51,10 @@ impl Gateway {
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
         let upstream_body = if stream && !client_wants_usage {
-            with_usage(&body, peek.stream_options.is_some())?
+            // `"stream_options": null` reads as absent but is a key: splicing another in would
+            // make the body a duplicate-key object.
+            let has_key = peek.stream_options.is_some() || STREAM_OPTIONS_KEY.find(&body).is_some();
+            with_usage(&body, has_key)?
         } else {
             body.clone()
         };
@@ -110,6 +113,10 @@ fn with_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, GatewayEr
         .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?
         .into())
 }
+
+/// The `stream_options` key, wherever it is (a false hit only costs a re-serialisation).
+static STREAM_OPTIONS_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"stream_options\""));
 
 /// Where a content delta starts in a chunk.
 static CONTENT_KEY: LazyLock<memmem::Finder<'static>> =
@@ -341,5 +348,12 @@ data: [DONE]
             serde_json::from_slice(&with_usage(&body, true).unwrap()).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["model"], "m");
+        // An explicit null is replaced, not doubled.
+        let body = Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":null}"#);
+        let out = with_usage(&body, true).unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(text.matches("stream_options").count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
     }
 }

@@ -257,6 +257,7 @@ impl Inner {
         upstream::Settings {
             connect_timeout: self.config.connect_timeout,
             idle_timeout: IDLE_TIMEOUT,
+            read_timeout: self.config.read_timeout,
         }
     }
 

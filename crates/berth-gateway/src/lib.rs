@@ -33,6 +33,14 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use balance::{Balancer, LeastOutstanding};
+
+/// Entry points for the fuzz targets and the arbitrary-input tests: each runs one parser on
+/// arbitrary bytes and panics if an invariant breaks.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::sse::check_frames;
+    pub use crate::upstream::check_response;
+}
 pub use error::GatewayError;
 pub use routing::{Backend, InFlight};
 
@@ -46,6 +54,9 @@ pub struct GatewayConfig {
     /// TCP connect timeout to a replica (1 s). There is no total timeout: streams last as
     /// long as the model writes.
     pub connect_timeout: Duration,
+    /// Longest time a replica may send nothing while an answer is expected (300 s): the wait
+    /// for the head of a call that is not streamed is the whole generation.
+    pub read_timeout: Duration,
     /// How long a replica that refused a connection is skipped (5 s). The reconciler
     /// re-publishes ready replicas on every health pass, so a replica that stays down is
     /// removed from the table; one that comes back is used again when this expires.
@@ -60,6 +71,7 @@ impl Default for GatewayConfig {
             hold: Duration::from_secs(30),
             queue_bound: 256,
             connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(300),
             eject_for: Duration::from_secs(5),
             unavailable_retry_after: 5,
         }

@@ -11,9 +11,14 @@
 //! it reads the socket, so each chunk reaches the client with no hand-off. Either way the
 //! connection goes back to the pool once its answer has been read cleanly.
 //!
-//! Only what a replica may answer is supported: HTTP/1.x, a `Content-Length`, chunked or
-//! close-delimited body, keep-alive unless `Connection: close`. Anything else is a protocol error,
-//! never a panic.
+//! Only what a replica may answer is supported: HTTP/1.x, a `Content-Length` of digits, chunked
+//! (and nothing else) or close-delimited body, keep-alive unless `Connection: close`. Anything
+//! else, a `Content-Length` with a `Transfer-Encoding` included, is a protocol error, never a
+//! panic. Every wait on a replica is bounded by the read timeout (no bytes for that long fails
+//! the call), and so is every buffer: the head, a whole answer, a streamed body.
+//!
+//! Each connection carries its own timer, pooled with it: a call arms it by resetting it, an
+//! atomic store when the new deadline is later, so the fast path sets up no timer of its own.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,9 +28,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::{Future, Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Longest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -35,6 +41,41 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 const MAX_IDLE: usize = 512;
 /// Headers read from a response head.
 const MAX_HEADERS: usize = 64;
+/// Interim (1xx) answers skipped before the real one; more is a protocol error.
+const MAX_INTERIM: usize = 8;
+
+/// A connection to a replica, with its timer.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: TcpStream,
+    timer: Pin<Box<Sleep>>,
+    /// Whether the timer runs for the wait under way (the streamed body arms it once per wait).
+    armed: bool,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
+            armed: false,
+        }
+    }
+
+    /// Sets the timer to `timeout` from now.
+    fn arm(&mut self, timeout: Duration) {
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + timeout);
+    }
+}
+
+fn timed_out(addr: SocketAddr, what: &str) -> SendError {
+    SendError::Io {
+        addr,
+        source: io::Error::new(io::ErrorKind::TimedOut, what.to_owned()),
+    }
+}
 
 /// Why a call to a replica failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +109,7 @@ pub(crate) struct Answer {
 /// connections go away with the replica).
 #[derive(Debug, Default)]
 pub(crate) struct IdleConns {
-    conns: Mutex<Vec<(TcpStream, Instant)>>,
+    conns: Mutex<Vec<(Conn, Instant)>>,
     /// The request head up to the `Content-Length` value, for the path first called: the same
     /// for every call to a replica, so formatted (the address above all) once.
     head: OnceLock<(String, Box<[u8]>)>,
@@ -86,11 +127,11 @@ impl IdleConns {
     }
 
     /// An idle connection that the replica has not closed, if any.
-    fn take(&self, idle_timeout: Duration) -> Option<TcpStream> {
+    fn take(&self, idle_timeout: Duration) -> Option<Conn> {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((conn, since)) = conns.pop() {
-            if now.duration_since(since) < idle_timeout && still_open(&conn) {
+            if now.duration_since(since) < idle_timeout && still_open(&conn.stream) {
                 return Some(conn);
             }
         }
@@ -110,7 +151,8 @@ impl IdleConns {
         }
     }
 
-    fn put(&self, conn: TcpStream) {
+    fn put(&self, mut conn: Conn) {
+        conn.armed = false;
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if conns.len() < MAX_IDLE {
             conns.push((conn, Instant::now()));
@@ -131,6 +173,8 @@ fn still_open(conn: &TcpStream) -> bool {
 pub(crate) struct Settings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Longest wait for the replica: to take the request, or to send more of its answer.
+    pub read_timeout: Duration,
 }
 
 /// `POST path` with a JSON body to the replica at `addr`, on one of its idle connections or a
@@ -146,7 +190,7 @@ pub(crate) async fn post(
     settings: Settings,
 ) -> Result<Answer, SendError> {
     let (mut conn, buf, head) = send(idle, addr, path, body, settings).await?;
-    let (answer, keep_alive) = read_body(&mut conn, buf, head, addr).await?;
+    let (answer, keep_alive) = read_body(&mut conn, buf, head, addr, settings.read_timeout).await?;
     if keep_alive {
         idle.put(conn);
     }
@@ -163,13 +207,9 @@ pub(crate) async fn post_streaming(
     body: &[u8],
     settings: Settings,
 ) -> Result<Streaming, SendError> {
-    let (conn, buf, head) = send(idle, addr, path, body, settings).await?;
-    let state = match head.framing {
-        Framing::Length(0) => BodyState::Done,
-        Framing::Length(n) => BodyState::Length(n),
-        Framing::Chunked => BodyState::Chunk(ChunkState::Size),
-        Framing::UntilClose => BodyState::UntilClose,
-    };
+    let (mut conn, buf, head) = send(idle, addr, path, body, settings).await?;
+    conn.armed = false;
+    let state = BodyState::of(&head.framing);
     let mut body = BodyReader {
         conn: Some(conn),
         buf,
@@ -178,6 +218,7 @@ pub(crate) async fn post_streaming(
         idle: idle.clone(),
         addr,
         read: 0,
+        read_timeout: settings.read_timeout,
     };
     if matches!(body.state, BodyState::Done) {
         body.finish();
@@ -196,7 +237,7 @@ async fn send(
     path: &str,
     body: &[u8],
     settings: Settings,
-) -> Result<(TcpStream, BytesMut, Head), SendError> {
+) -> Result<(Conn, BytesMut, Head), SendError> {
     let mut conn = match idle.take(settings.idle_timeout) {
         Some(conn) => conn,
         None => connect(addr, settings.connect_timeout).await?,
@@ -206,11 +247,16 @@ async fn send(
     request.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     request.extend_from_slice(b"\r\n\r\n");
     request.extend_from_slice(body);
-    conn.write_all(&request)
-        .await
-        .map_err(|source| SendError::Io { addr, source })?;
+    conn.arm(settings.read_timeout);
+    tokio::select! {
+        biased;
+        written = conn.stream.write_all(&request) => {
+            written.map_err(|source| SendError::Io { addr, source })?;
+        }
+        () = conn.timer.as_mut() => return Err(timed_out(addr, "the replica did not take the request in time")),
+    }
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let head = read_head(&mut conn, &mut buf, addr).await?;
+    let head = read_head(&mut conn, &mut buf, addr, settings.read_timeout).await?;
     Ok((conn, buf, head))
 }
 
@@ -227,14 +273,14 @@ fn request_head(addr: SocketAddr, path: &str, secret: &str) -> Box<[u8]> {
         .into_boxed_slice()
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, SendError> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, SendError> {
     let err = |source| SendError::Connect { addr, source };
     let conn = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(err)?;
     conn.set_nodelay(true).map_err(err)?;
-    Ok(conn)
+    Ok(Conn::new(conn))
 }
 
 /// How the body of an answer ends.
@@ -265,28 +311,25 @@ fn parse_head(buf: &[u8], addr: SocketAddr) -> Result<Option<Head>, SendError> {
         Err(e) => return Err(protocol(format!("bad response head: {e}"))),
     };
     let status = resp.code.unwrap_or(0);
+    if !(100..600).contains(&status) {
+        return Err(protocol(format!("bad status {status}")));
+    }
     let mut keep_alive = resp.version == Some(1);
     let mut length = None;
     let mut chunked = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| protocol("bad content-length".into()))?;
+            let v = parse_length(h.value).ok_or_else(|| protocol("bad content-length".into()))?;
             if length.is_some_and(|l| l != v) {
                 return Err(protocol("conflicting content-length".into()));
             }
             length = Some(v);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h
-                .value
-                .split(|&b| b == b',')
-                .next_back()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if !chunked {
+            // Only `chunked`, once: a replica has no reason to send anything else.
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Err(protocol("unsupported transfer-encoding".into()));
             }
+            chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             let close = h
                 .value
@@ -302,6 +345,9 @@ fn parse_head(buf: &[u8], addr: SocketAddr) -> Result<Option<Head>, SendError> {
                 keep_alive = true;
             }
         }
+    }
+    if chunked && length.is_some() {
+        return Err(protocol("both content-length and transfer-encoding".into()));
     }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Length(0)
@@ -324,29 +370,43 @@ fn parse_head(buf: &[u8], addr: SocketAddr) -> Result<Option<Head>, SendError> {
     }))
 }
 
-/// Reads more of the answer into `buf`; `Ok(false)` at end of stream.
+/// A `Content-Length` value: 1 to 19 digits, nothing else (no sign, no list).
+fn parse_length(v: &[u8]) -> Option<usize> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Reads more of the answer into `buf`, waiting at most `timeout`; `Ok(false)` at end of
+/// stream.
 async fn fill(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     buf: &mut BytesMut,
     addr: SocketAddr,
+    timeout: Duration,
 ) -> Result<bool, SendError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
-    let n = conn
-        .read_buf(buf)
-        .await
-        .map_err(|source| SendError::Io { addr, source })?;
+    conn.arm(timeout);
+    let n = tokio::select! {
+        biased;
+        n = conn.stream.read_buf(buf) => n.map_err(|source| SendError::Io { addr, source })?,
+        () = conn.timer.as_mut() => return Err(timed_out(addr, "the replica sent nothing in time")),
+    };
     Ok(n > 0)
 }
 
 /// Reads more of a body that is not complete yet; the end of the stream is an error.
 async fn more_body(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     buf: &mut BytesMut,
     addr: SocketAddr,
+    timeout: Duration,
 ) -> Result<(), SendError> {
-    if fill(conn, buf, addr).await? {
+    if fill(conn, buf, addr, timeout).await? {
         Ok(())
     } else {
         Err(cut_short(
@@ -366,14 +426,23 @@ fn cut_short(addr: SocketAddr, what: &str) -> SendError {
 /// Reads a response head (interim answers skipped) into `buf` and takes it off; what follows
 /// it stays in `buf`.
 async fn read_head(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     buf: &mut BytesMut,
     addr: SocketAddr,
+    timeout: Duration,
 ) -> Result<Head, SendError> {
+    let mut interim = 0;
     let head = loop {
         match parse_head(buf, addr)? {
             // An interim answer (100 Continue) is skipped; the real one follows.
             Some(h) if (100..200).contains(&h.status) => {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(SendError::Protocol {
+                        addr,
+                        reason: "too many interim answers".into(),
+                    });
+                }
                 buf.advance(h.len);
                 continue;
             }
@@ -386,7 +455,7 @@ async fn read_head(
             }
             None => {}
         }
-        if !fill(conn, buf, addr).await? {
+        if !fill(conn, buf, addr, timeout).await? {
             return Err(cut_short(
                 addr,
                 if buf.is_empty() {
@@ -404,22 +473,23 @@ async fn read_head(
 /// Reads the whole body that follows `head`; the flag says whether the connection can carry
 /// another request.
 async fn read_body(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     mut buf: BytesMut,
     head: Head,
     addr: SocketAddr,
+    timeout: Duration,
 ) -> Result<(Answer, bool), SendError> {
     let (body, clean) = match head.framing {
         Framing::Length(len) => {
             while buf.len() < len {
-                more_body(conn, &mut buf, addr).await?;
+                more_body(conn, &mut buf, addr, timeout).await?;
             }
             let body = buf.split_to(len).freeze();
             (body, buf.is_empty())
         }
-        Framing::Chunked => read_chunked(conn, &mut buf, addr).await?,
+        Framing::Chunked => read_chunked(conn, &mut buf, addr, timeout).await?,
         Framing::UntilClose => {
-            while fill(conn, &mut buf, addr).await? {
+            while fill(conn, &mut buf, addr, timeout).await? {
                 if buf.len() > MAX_BODY {
                     return Err(SendError::Protocol {
                         addr,
@@ -440,9 +510,10 @@ async fn read_body(
 
 /// Decodes a chunked body. The flag is false when bytes follow the body.
 async fn read_chunked(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     buf: &mut BytesMut,
     addr: SocketAddr,
+    timeout: Duration,
 ) -> Result<(Bytes, bool), SendError> {
     let protocol = |reason: &str| SendError::Protocol {
         addr,
@@ -457,7 +528,7 @@ async fn read_chunked(
                     if buf.len() > MAX_HEAD {
                         return Err(protocol("chunk size line too long"));
                     }
-                    more_body(conn, buf, addr).await?;
+                    more_body(conn, buf, addr, timeout).await?;
                 }
                 Err(_) => return Err(protocol("bad chunk size")),
             }
@@ -481,11 +552,11 @@ async fn read_chunked(
                 if buf.len() > MAX_HEAD {
                     return Err(protocol("trailers too long"));
                 }
-                more_body(conn, buf, addr).await?;
+                more_body(conn, buf, addr, timeout).await?;
             }
         }
         while buf.len() < size + 2 {
-            more_body(conn, buf, addr).await?;
+            more_body(conn, buf, addr, timeout).await?;
         }
         body.extend_from_slice(&buf[..size]);
         if &buf[size..size + 2] != b"\r\n" {
@@ -510,6 +581,18 @@ enum BodyState {
     Chunk(ChunkState),
     UntilClose,
     Done,
+}
+
+impl BodyState {
+    /// Where a body with this framing starts.
+    fn of(framing: &Framing) -> Self {
+        match framing {
+            Framing::Length(0) => Self::Done,
+            Framing::Length(n) => Self::Length(*n),
+            Framing::Chunked => Self::Chunk(ChunkState::Size),
+            Framing::UntilClose => Self::UntilClose,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -537,7 +620,7 @@ enum Step {
 /// the replica to stop.
 #[derive(Debug)]
 pub(crate) struct BodyReader {
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
     buf: BytesMut,
     state: BodyState,
     keep_alive: bool,
@@ -545,6 +628,7 @@ pub(crate) struct BodyReader {
     addr: SocketAddr,
     /// Body bytes delivered so far.
     read: usize,
+    read_timeout: Duration,
 }
 
 impl BodyReader {
@@ -586,6 +670,9 @@ impl BodyReader {
                 BodyState::UntilClose => {
                     if self.buf.is_empty() {
                         return Ok(Step::NeedMore);
+                    }
+                    if self.read.saturating_add(self.buf.len()) > MAX_BODY {
+                        return Err(self.protocol("answer over the size limit"));
                     }
                     return Ok(Step::Data(self.buf.split().freeze()));
                 }
@@ -680,8 +767,19 @@ impl Stream for BodyReader {
             if this.buf.capacity() - this.buf.len() < 4096 {
                 this.buf.reserve(16 * 1024);
             }
-            match tokio_util::io::poll_read_buf(Pin::new(conn), cx, &mut this.buf) {
-                Poll::Pending => return Poll::Pending,
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut this.buf) {
+                Poll::Pending => {
+                    // The replica has `read_timeout` from the first wait after each read.
+                    if !conn.armed {
+                        conn.armed = true;
+                        conn.arm(this.read_timeout);
+                    }
+                    if conn.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let e = timed_out(this.addr, "the replica sent nothing in time");
+                    return this.fail(e);
+                }
                 Poll::Ready(Ok(0)) if this.state == BodyState::UntilClose => {
                     this.state = BodyState::Done;
                     this.conn = None;
@@ -691,7 +789,7 @@ impl Stream for BodyReader {
                     let e = cut_short(this.addr, "the replica closed the connection mid-body");
                     return this.fail(e);
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => conn.armed = false,
                 Poll::Ready(Err(source)) => {
                     let e = SendError::Io {
                         addr: this.addr,
@@ -701,6 +799,34 @@ impl Stream for BodyReader {
                 }
             }
         }
+    }
+}
+
+/// Parses `bytes` as a replica's answer, as this client does: the head, then as much of the
+/// body as the bytes hold, decoded as a streamed body is. Checks that nothing is read outside
+/// the bytes and that the body is never longer than what followed the head. For the fuzz
+/// target and the arbitrary-input test; panics on a broken invariant.
+pub fn check_response(bytes: &[u8]) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+    let Ok(Some(head)) = parse_head(bytes, addr) else {
+        return;
+    };
+    assert!(head.len <= bytes.len());
+    let mut reader = BodyReader {
+        conn: None,
+        buf: BytesMut::from(&bytes[head.len..]),
+        state: BodyState::of(&head.framing),
+        keep_alive: head.keep_alive,
+        idle: Arc::default(),
+        addr,
+        read: 0,
+        read_timeout: Duration::from_secs(1),
+    };
+    let rest = bytes.len() - head.len;
+    while let Ok(Step::Data(data)) = reader.decode() {
+        assert!(!data.is_empty() || reader.state == BodyState::Done);
+        reader.read += data.len();
+        assert!(reader.read <= rest && reader.read <= MAX_BODY);
     }
 }
 

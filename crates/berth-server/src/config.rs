@@ -23,9 +23,11 @@ pub struct Config {
     /// If set, this API key is made sure to exist in workspace `default` at start-up.
     pub bootstrap_key: Option<String>,
     pub node: NodeConfig,
+    pub server: ServerConfig,
     pub reconciler: ReconcilerConfig,
     pub gateway: GatewayConfig,
     pub runtime: RuntimeConfig,
+    pub quota: QuotaConfig,
     /// The model catalog; when absent, the default catalog (the two shipped models).
     pub models: Option<Vec<ModelConfig>>,
 }
@@ -36,6 +38,69 @@ pub struct Config {
 pub struct NodeConfig {
     /// Capacity units this node offers; replicas that do not fit wait.
     pub capacity_units: u32,
+}
+
+/// The client side of the listener: how many connections, and how long clients may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Open client connections at most; beyond it new ones wait in the kernel's accept queue.
+    /// Unset: sized from the file-descriptor limit ([`crate::front::default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// How long a connection may stay open without a request under way (before its first
+    /// byte, and between requests), seconds.
+    pub idle_timeout_secs: f64,
+    /// From the first byte of a request to the end of its body, seconds.
+    pub request_timeout_secs: f64,
+    /// How long one write to a client may wait for the client to read, seconds.
+    pub write_timeout_secs: f64,
+    /// Idle time before TCP keepalive probes on client connections, seconds.
+    pub tcp_keepalive_secs: f64,
+    /// On SIGTERM, how long requests under way may take to finish before their connections are
+    /// closed, seconds.
+    pub shutdown_grace_secs: f64,
+}
+
+/// Per-workspace quotas on what the deployments API may allocate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Deployments a workspace may have (those being deleted not counted).
+    pub max_deployments: u32,
+    /// Capacity units a workspace's deployments may ask for together; unset: no quota.
+    pub max_capacity_units: Option<u32>,
+    /// Quotas of named workspaces, replacing the ones above for them (each field on its own).
+    pub workspaces: BTreeMap<String, WorkspaceQuota>,
+}
+
+/// One workspace's quotas in `[quota.workspaces.NAME]`; an unset field takes the default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceQuota {
+    pub max_deployments: Option<u32>,
+    pub max_capacity_units: Option<u32>,
+}
+
+/// The quotas that apply to one workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub max_deployments: u32,
+    pub max_capacity_units: Option<u32>,
+}
+
+impl QuotaConfig {
+    /// The quotas of `workspace_id`: its own section's values over the defaults.
+    pub fn of(&self, workspace_id: &str) -> Quota {
+        let own = self.workspaces.get(workspace_id);
+        Quota {
+            max_deployments: own
+                .and_then(|q| q.max_deployments)
+                .unwrap_or(self.max_deployments),
+            max_capacity_units: own
+                .and_then(|q| q.max_capacity_units)
+                .or(self.max_capacity_units),
+        }
+    }
 }
 
 /// Reconciler timing.
@@ -82,6 +147,9 @@ pub struct GatewayConfig {
     pub hold_secs: f64,
     /// Calls that may wait per deployment; beyond it they are answered 503 at once.
     pub hold_queue: usize,
+    /// How long a replica may send nothing while an answer is expected (the whole answer of a
+    /// call that is not streamed is one wait), seconds.
+    pub read_timeout_secs: f64,
 }
 
 /// One catalog entry in the config file.
@@ -142,9 +210,11 @@ impl Default for Config {
             models_dir: PathBuf::from("./models"),
             bootstrap_key: None,
             node: NodeConfig::default(),
+            server: ServerConfig::default(),
             reconciler: ReconcilerConfig::default(),
             gateway: GatewayConfig::default(),
             runtime: RuntimeConfig::default(),
+            quota: QuotaConfig::default(),
             models: None,
         }
     }
@@ -153,6 +223,29 @@ impl Default for Config {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self { capacity_units: 8 }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            idle_timeout_secs: 30.0,
+            request_timeout_secs: 60.0,
+            write_timeout_secs: 30.0,
+            tcp_keepalive_secs: 60.0,
+            shutdown_grace_secs: 10.0,
+        }
+    }
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            max_deployments: 100,
+            max_capacity_units: None,
+            workspaces: BTreeMap::new(),
+        }
     }
 }
 
@@ -174,6 +267,7 @@ impl Default for GatewayConfig {
         Self {
             hold_secs: 30.0,
             hold_queue: 256,
+            read_timeout_secs: 300.0,
         }
     }
 }
@@ -202,6 +296,12 @@ pub const ENV_SETTINGS: &[&str] = &[
     "BERTH_MODELS_DIR",
     "BERTH_BOOTSTRAP_KEY",
     "BERTH_NODE_CAPACITY_UNITS",
+    "BERTH_SERVER_MAX_CONNECTIONS",
+    "BERTH_SERVER_IDLE_TIMEOUT_SECS",
+    "BERTH_SERVER_REQUEST_TIMEOUT_SECS",
+    "BERTH_SERVER_WRITE_TIMEOUT_SECS",
+    "BERTH_SERVER_TCP_KEEPALIVE_SECS",
+    "BERTH_SERVER_SHUTDOWN_GRACE_SECS",
     "BERTH_RECONCILER_RESYNC_SECS",
     "BERTH_RECONCILER_MAX_START_FAILURES",
     "BERTH_RECONCILER_BACKOFF_SECS",
@@ -211,6 +311,9 @@ pub const ENV_SETTINGS: &[&str] = &[
     "BERTH_RUNTIME_ORPHAN_TIMEOUT_SECS",
     "BERTH_GATEWAY_HOLD_SECS",
     "BERTH_GATEWAY_HOLD_QUEUE",
+    "BERTH_GATEWAY_READ_TIMEOUT_SECS",
+    "BERTH_QUOTA_MAX_DEPLOYMENTS",
+    "BERTH_QUOTA_MAX_CAPACITY_UNITS",
     "BERTH_BIN",
     "BERTH_MODELS_CACHE",
 ];
@@ -331,6 +434,12 @@ impl Config {
             "BERTH_MODELS_DIR" => self.models_dir = PathBuf::from(value),
             "BERTH_BOOTSTRAP_KEY" => self.bootstrap_key = Some(value.to_owned()),
             "BERTH_NODE_CAPACITY_UNITS" => self.node.capacity_units = num(value)?,
+            "BERTH_SERVER_MAX_CONNECTIONS" => self.server.max_connections = Some(num(value)?),
+            "BERTH_SERVER_IDLE_TIMEOUT_SECS" => self.server.idle_timeout_secs = num(value)?,
+            "BERTH_SERVER_REQUEST_TIMEOUT_SECS" => self.server.request_timeout_secs = num(value)?,
+            "BERTH_SERVER_WRITE_TIMEOUT_SECS" => self.server.write_timeout_secs = num(value)?,
+            "BERTH_SERVER_TCP_KEEPALIVE_SECS" => self.server.tcp_keepalive_secs = num(value)?,
+            "BERTH_SERVER_SHUTDOWN_GRACE_SECS" => self.server.shutdown_grace_secs = num(value)?,
             "BERTH_RECONCILER_RESYNC_SECS" => self.reconciler.resync_secs = num(value)?,
             "BERTH_RECONCILER_MAX_START_FAILURES" => {
                 self.reconciler.max_start_failures = num(value)?
@@ -344,6 +453,9 @@ impl Config {
             "BERTH_RUNTIME_ORPHAN_TIMEOUT_SECS" => self.runtime.orphan_timeout_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_SECS" => self.gateway.hold_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_QUEUE" => self.gateway.hold_queue = num(value)?,
+            "BERTH_GATEWAY_READ_TIMEOUT_SECS" => self.gateway.read_timeout_secs = num(value)?,
+            "BERTH_QUOTA_MAX_DEPLOYMENTS" => self.quota.max_deployments = num(value)?,
+            "BERTH_QUOTA_MAX_CAPACITY_UNITS" => self.quota.max_capacity_units = Some(num(value)?),
             // Read by other parts of berth, not by the configuration.
             "BERTH_BIN" | "BERTH_MODELS_CACHE" => {}
             _ => return Err(EnvError::Unknown),
@@ -370,12 +482,44 @@ impl Config {
                 "runtime.orphan_timeout_secs",
                 self.runtime.orphan_timeout_secs,
             ),
+            ("gateway.read_timeout_secs", self.gateway.read_timeout_secs),
+            (
+                "server.shutdown_grace_secs",
+                self.server.shutdown_grace_secs,
+            ),
         ];
         for (name, v) in secs {
             if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
                 p.push(format!(
                     "{name} must be between 0 and 86400 seconds, got {v}"
                 ));
+            }
+        }
+        // Client timeouts of zero would close every connection at once.
+        for (name, v) in [
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+            ),
+            ("server.write_timeout_secs", self.server.write_timeout_secs),
+            ("server.tcp_keepalive_secs", self.server.tcp_keepalive_secs),
+        ] {
+            if !(v.is_finite() && (0.1..=86_400.0).contains(&v)) {
+                p.push(format!(
+                    "{name} must be between 0.1 and 86400 seconds, got {v}"
+                ));
+            }
+        }
+        if self.gateway.read_timeout_secs < 0.1 {
+            p.push("gateway.read_timeout_secs must be at least 0.1".to_owned());
+        }
+        if self.server.max_connections == Some(0) {
+            p.push("server.max_connections must be at least 1".to_owned());
+        }
+        for name in self.quota.workspaces.keys() {
+            if let Err(e) = crate::keys::validate_workspace(name) {
+                p.push(format!("quota.workspaces: {e}"));
             }
         }
         if self.reconciler.resync_secs < 0.05 {

@@ -2,7 +2,7 @@
 //!
 //! Every connection starts here. While its requests are inference calls that need nothing
 //! unusual (`POST` of a chat or generation body with a `Content-Length`, HTTP/1.1), this module
-//! serves them itself: it parses the head with `httparse`, reads the body, authenticates, calls
+//! serves them itself: it parses the head with `httparse`, authenticates, reads the body, calls
 //! the gateway and writes the answer in one system call (a stream as chunked transfer coding,
 //! each event as it comes). That path skips what a general server does per request (a header
 //! map, routing, middleware, boxed bodies), which on one core was most of the gateway's own
@@ -18,10 +18,19 @@
 //!
 //! A client that goes away while its call is in flight drops the call, which cancels the
 //! replica's request; bytes that arrive meanwhile (a pipelined request) are kept for later.
+//!
+//! Clients get bounded resources ([`Limits`], the `[server]` settings): a cap on open
+//! connections (at the cap new ones wait in the accept queue, so berth keeps serving the ones it
+//! has and takes more as they close), an idle timeout, one deadline for a request's head and
+//! body, a write timeout, TCP keepalive. The key is checked before any of a body is read or
+//! `100 Continue` sent. A connection is closed by sending FIN and discarding, bounded, what the
+//! client still sends ([`io_util::linger`]), so a client that writes its whole body before
+//! reading still reads an early answer. On shutdown, requests under way have
+//! `limits.shutdown_grace` to finish; then every connection is closed.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
@@ -32,22 +41,30 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth;
-use crate::extract::BODY_LIMIT;
+use crate::auth::{self, Caller};
 use crate::request_id::{self, CURRENT_REQUEST_ID};
-use crate::routes::inference::{self, compatible, native, CHAT_PATH, NATIVE_PATH};
+use crate::routes::inference::{self, compatible};
 use crate::routes::router;
 use crate::state::AppState;
 
-/// Longest request head the short lane reads; a longer one goes to hyper (which answers 431).
-const MAX_HEAD: usize = 16 * 1024;
-/// Headers the short lane parses; a request with more goes to hyper.
-const MAX_HEADERS: usize = 48;
+mod head;
+mod io_util;
+mod limits;
+
+use head::{parse, Head, Parsed, Route, Span};
+use io_util::{linger, Replay, Timer};
+pub use limits::{default_max_connections, raise_fd_limit, Limits};
+
+#[doc(hidden)]
+pub use head::check_parse;
+
 /// Read buffer of a connection.
 const READ_CHUNK: usize = 8 * 1024;
 /// Bytes of pipelined requests kept while a call is in flight; beyond it the client is no
@@ -55,49 +72,66 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_PIPELINED: usize = 64 * 1024;
 /// Bytes of a stream gathered into one write when they are all ready at once.
 const MAX_COALESCED: usize = 64 * 1024;
+/// A request larger than this leaves its connection with a fresh read buffer, so an idle
+/// connection never keeps a large body's memory.
+const MAX_KEPT_REQUEST: usize = 64 * 1024;
+/// The answer buffer is given back when it grew beyond this.
+const MAX_KEPT_ANSWER: usize = 256 * 1024;
 
-/// How long clients may take to send requests.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
-    /// From the first byte of a request to the end of its head (hyper's default).
-    pub head: Duration,
-    /// Longest pause while a request body is arriving (nginx's `client_body_timeout`).
-    pub body_stall: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            head: Duration::from_secs(30),
-            body_stall: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Serves `state`'s routes on `listener` until `shutdown` is cancelled, then stops accepting,
-/// lets every connection finish the request it is on, and returns when all are closed.
-///
-/// A client that starts a request and does not finish it in time (a head within 30 s of its
-/// first byte, a body that stalls for 60 s) is disconnected. An idle keep-alive connection of
-/// the short lane may stay open; one the router has taken over is closed after 30 s without a
-/// request (hyper's `header_read_timeout` also runs while it waits for the next request).
+/// Serves `state`'s routes on `listener` until `shutdown` is cancelled, with the default
+/// [`Limits`]; see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    serve_with(listener, state, shutdown, Timeouts::default()).await
+    serve_with(listener, state, shutdown, Limits::default()).await
 }
 
-pub(crate) async fn serve_with(
+/// Serves `state`'s routes on `listener` until `shutdown` is cancelled, then stops accepting,
+/// lets every connection finish the request it is on for up to `limits.shutdown_grace`, closes
+/// what is left, and returns.
+///
+/// At most `limits.max_connections` connections are open; more wait in the accept queue. A
+/// connection without a request under way is closed after `limits.idle`; a request must be
+/// whole (head and body) within `limits.request` of its first byte; a write that the client
+/// does not take within `limits.write` ends the connection.
+pub async fn serve_with(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
-    timeouts: Timeouts,
+    limits: Limits,
 ) -> io::Result<()> {
-    let router = router(state.clone());
+    let request_timeout = limits.request;
+    let router = router(state.clone()).layer(axum::middleware::from_fn(move |req, next| {
+        io_util::body_deadline(request_timeout, req, next)
+    }));
     let connections = TaskTracker::new();
+    // Cancelled once the grace after `shutdown` is over: what is still open is closed.
+    let close_all = CancellationToken::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut at_cap = false;
     loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !at_cap {
+                    at_cap = true;
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached; new connections wait until others close"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let conn = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -109,27 +143,55 @@ pub(crate) async fn serve_with(
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
                 tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        if at_cap && permits.available_permits() > 0 {
+            at_cap = false;
+            tracing::info!("below the connection limit again");
+        }
         // Streamed events are small writes that must leave at once.
         let _ = conn.set_nodelay(true);
-        connections.spawn(
-            Connection {
-                conn,
-                buf: BytesMut::with_capacity(READ_CHUNK),
-                out: Vec::with_capacity(1024),
-                state: state.clone(),
-                shutdown: shutdown.clone(),
-                timeouts,
-                head_deadline: None,
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(limits.keepalive)
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        let _ = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive);
+        let connection = Connection {
+            conn,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            state: state.clone(),
+            shutdown: shutdown.clone(),
+            limits,
+            timer: io_util::timer(),
+            request_deadline: None,
+        };
+        let router = router.clone();
+        let close_all = close_all.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                biased;
+                () = close_all.cancelled() => {}
+                () = connection.run(router) => {}
             }
-            .run(router.clone()),
-        );
+        });
     }
+    drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            open = connections.len(),
+            "closing connections still busy after the shutdown grace"
+        );
+        close_all.cancel();
+        connections.wait().await;
+    }
     Ok(())
 }
 
@@ -140,128 +202,6 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
-}
-
-/// Which short-lane route a request is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Chat,
-    Native,
-}
-
-/// Where a header value lies in the request bytes.
-type Span = Option<(usize, usize)>;
-
-/// A request head the short lane serves.
-#[derive(Debug)]
-struct Head {
-    route: Route,
-    /// Length of the head, blank line included.
-    len: usize,
-    body_len: usize,
-    keep_alive: bool,
-    expect_continue: bool,
-    authorization: Span,
-    workspace: Span,
-    request_id: Span,
-    sse: Span,
-}
-
-/// What the bytes read so far hold.
-#[derive(Debug)]
-enum Parsed {
-    /// Not a whole head yet.
-    Partial,
-    /// A request for the short lane.
-    Short(Head),
-    /// Anything else: hyper and the router take the connection.
-    Other,
-}
-
-fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parsed::Partial,
-        _ => return Parsed::Other,
-    };
-    if req.method != Some("POST") || req.version != Some(1) {
-        return Parsed::Other;
-    }
-    let path = req.path.unwrap_or_default();
-    let route = match path.split_once('?').map_or(path, |(p, _)| p) {
-        CHAT_PATH => Route::Chat,
-        NATIVE_PATH => Route::Native,
-        _ => return Parsed::Other,
-    };
-    let span = |v: &[u8]| {
-        let at = v.as_ptr() as usize - buf.as_ptr() as usize;
-        Some((at, at + v.len()))
-    };
-    let mut head = Head {
-        route,
-        len,
-        body_len: 0,
-        keep_alive: true,
-        expect_continue: false,
-        authorization: None,
-        workspace: None,
-        request_id: None,
-        sse: None,
-    };
-    let mut length = None;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = parse_length(h.value) else {
-                return Parsed::Other;
-            };
-            if length.replace(n).is_some() {
-                return Parsed::Other;
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            return Parsed::Other;
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                return Parsed::Other;
-            }
-            head.expect_continue = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    head.keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::Other;
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"authorization") {
-            head.authorization = head.authorization.or_else(|| span(h.value));
-        } else if name.eq_ignore_ascii_case(auth::WORKSPACE_HEADER.as_bytes()) {
-            head.workspace = head.workspace.or_else(|| span(h.value));
-        } else if name.eq_ignore_ascii_case(request_id::HEADER.as_bytes()) {
-            head.request_id = head.request_id.or_else(|| span(h.value));
-        } else if name.eq_ignore_ascii_case(native::SSE_HEADER.as_bytes()) {
-            head.sse = head.sse.or_else(|| span(h.value));
-        }
-    }
-    head.body_len = length.unwrap_or(0);
-    if head.body_len > BODY_LIMIT {
-        // The router answers this with the documented error.
-        return Parsed::Other;
-    }
-    Parsed::Short(head)
-}
-
-/// A `Content-Length` value: digits only.
-fn parse_length(v: &[u8]) -> Option<usize> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// What a call answered.
@@ -279,104 +219,134 @@ struct Connection {
     out: Vec<u8>,
     state: AppState,
     shutdown: CancellationToken,
-    timeouts: Timeouts,
-    /// When the head of the request under way must be complete (set by its first byte).
-    head_deadline: Option<tokio::time::Instant>,
+    limits: Limits,
+    /// The connection's one timer: the idle, request, write and linger deadlines in turn.
+    timer: Timer,
+    /// When the request under way must be whole (set by its first byte).
+    request_deadline: Option<Instant>,
 }
 
 impl Connection {
     async fn run(mut self, router: Router) {
         loop {
             let head = match parse(&self.buf) {
-                Parsed::Short(head) => {
-                    self.head_deadline = None;
-                    head
-                }
+                Parsed::Short(head) => head,
                 Parsed::Other => return self.hand_over(router).await,
                 Parsed::Partial => {
                     if !self.read_more().await {
-                        return;
+                        break;
                     }
                     continue;
                 }
             };
             match self.serve_one(head).await {
                 Ok(true) if !self.shutdown.is_cancelled() => {}
-                _ => return,
+                _ => break,
             }
         }
+        linger(self.conn, self.buf, &mut self.timer).await;
     }
 
     /// Reads more of the next request; false when the connection should close (the client
-    /// closed it, it failed, or the server is stopping while no request is under way).
+    /// closed it, it failed, it was idle or its request late, or the server is stopping while
+    /// no request is under way).
     async fn read_more(&mut self) -> bool {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
         let idle = self.buf.is_empty();
-        // A request under way must finish its head in time; an idle connection has no timer.
-        let head_timeout = self.timeouts.head;
-        let deadline = (!idle).then(|| {
-            *self
-                .head_deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + head_timeout)
-        });
-        let late = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+        let deadline = match self.request_deadline {
+            Some(at) => at,
+            None if idle => Instant::now() + self.limits.idle,
+            None => *self
+                .request_deadline
+                .insert(Instant::now() + self.limits.request),
         };
+        self.timer.as_mut().reset(deadline);
         let read = tokio::select! {
             biased;
             _ = self.shutdown.cancelled(), if idle => return false,
-            () = late => {
-                tracing::debug!("request head not complete in time; closing the connection");
+            () = self.timer.as_mut() => {
+                tracing::debug!(idle, "connection idle or request not complete in time; closing it");
                 return false;
             }
             n = self.conn.read_buf(&mut self.buf) => n,
         };
         let more = matches!(read, Ok(n) if n > 0);
         if more && idle {
-            self.head_deadline = Some(tokio::time::Instant::now() + head_timeout);
+            self.request_deadline = Some(Instant::now() + self.limits.request);
         }
         more
     }
 
     /// Serves one short-lane request; true when the connection can carry another.
+    ///
+    /// The key is checked as soon as the head is in: a caller without a valid one is answered
+    /// before any of its body is read or invited with `100 Continue`.
     async fn serve_one(&mut self, head: Head) -> io::Result<bool> {
         let total = head.len + head.body_len;
+        let id = request_id::pick(span_of(&self.buf, head.request_id));
+        let caller = auth::authenticate_raw(
+            span_of(&self.buf, head.authorization),
+            span_of(&self.buf, head.workspace),
+            &self.state,
+        )
+        .await;
+        let caller = match caller {
+            Ok(caller) => caller,
+            Err(e) => {
+                let resp = render(head.route, &id, e);
+                // A body already here is skipped and the connection goes on; one still to come
+                // is not waited for.
+                let whole = self.buf.len() >= total;
+                if whole {
+                    self.consume(total);
+                }
+                self.write_rendered(resp, &id, head.keep_alive && whole)
+                    .await?;
+                return Ok(head.keep_alive && whole);
+            }
+        };
         if head.expect_continue && self.buf.len() < total {
-            self.conn
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await?;
+            io_util::write_all(
+                &mut self.conn,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                &mut self.timer,
+                self.limits.write,
+            )
+            .await?;
+        }
+        if self.buf.len() < total {
+            let deadline = *self
+                .request_deadline
+                .get_or_insert_with(|| Instant::now() + self.limits.request);
+            self.timer.as_mut().reset(deadline);
         }
         while self.buf.len() < total {
             self.buf.reserve(total - self.buf.len());
-            let read =
-                tokio::time::timeout(self.timeouts.body_stall, self.conn.read_buf(&mut self.buf));
-            match read.await {
-                Ok(Ok(0)) => return Ok(false),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    tracing::debug!("request body stalled; closing the connection");
+            let read = tokio::select! {
+                biased;
+                () = self.timer.as_mut() => {
+                    tracing::debug!("request body not complete in time; closing the connection");
                     return Ok(false);
                 }
+                n = self.conn.read_buf(&mut self.buf) => n?,
+            };
+            if read == 0 {
+                return Ok(false);
             }
         }
-        let request = self.buf.split_to(total).freeze();
-        let value = |span: Span| span.map(|(a, b)| &request[a..b]);
-        let id = request_id::pick(value(head.request_id));
+        let request = self.consume(total);
         let body = request.slice(head.len..);
         let answer = {
-            let call = call(&self.state, &head, &request, &id, body);
+            let call = call(&self.state, &head, &request, &id, caller, body);
             tokio::pin!(call);
             tokio::select! {
                 answer = &mut call => answer,
                 () = watch_client(&mut self.conn, &mut self.buf) => return Ok(false),
             }
         };
+        drop(request);
         match answer {
             Answer::Gateway(GatewayResponse {
                 status,
@@ -396,20 +366,41 @@ impl Connection {
                     }
                 }
             }
-            Answer::Rendered(resp) => {
-                let (parts, body) = resp.into_parts();
-                // Rendered errors are small JSON documents, complete at once.
-                let body = axum::body::to_bytes(body, usize::MAX)
-                    .await
-                    .map_err(io::Error::other)?;
-                start_head(&mut self.out, parts.status, &id, head.keep_alive);
-                for (name, value) in &parts.headers {
-                    header(&mut self.out, name.as_str(), value.as_bytes());
-                }
-                self.write_whole(&body).await?;
-            }
+            Answer::Rendered(resp) => self.write_rendered(resp, &id, head.keep_alive).await?,
         }
         Ok(head.keep_alive)
+    }
+
+    /// Takes the request of `len` bytes off the front of the buffer; the request's deadline
+    /// is over. After a large request the rest moves to a small fresh buffer.
+    fn consume(&mut self, len: usize) -> Bytes {
+        self.request_deadline = None;
+        let request = self.buf.split_to(len).freeze();
+        if len > MAX_KEPT_REQUEST {
+            let rest = std::mem::take(&mut self.buf);
+            self.buf = BytesMut::with_capacity(READ_CHUNK.max(rest.len()));
+            self.buf.extend_from_slice(&rest);
+        }
+        request
+    }
+
+    /// Writes an answer rendered by the routes' error types.
+    async fn write_rendered(
+        &mut self,
+        resp: Response,
+        id: &str,
+        keep_alive: bool,
+    ) -> io::Result<()> {
+        let (parts, body) = resp.into_parts();
+        // Rendered errors are small JSON documents, complete at once.
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(io::Error::other)?;
+        start_head(&mut self.out, parts.status, id, keep_alive);
+        for (name, value) in &parts.headers {
+            header(&mut self.out, name.as_str(), value.as_bytes());
+        }
+        self.write_whole(&body).await
     }
 
     /// Ends the head with the length and writes head and body in one call.
@@ -471,52 +462,87 @@ impl Connection {
         }
     }
 
-    /// Writes what `out` holds.
+    /// Writes what `out` holds, within the write timeout.
     async fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let written = self.conn.write_all(&self.out).await;
+        let written = io_util::write_all(
+            &mut self.conn,
+            &self.out,
+            &mut self.timer,
+            self.limits.write,
+        )
+        .await;
         self.out.clear();
+        if self.out.capacity() > MAX_KEPT_ANSWER {
+            self.out = Vec::new();
+        }
         written
     }
 
-    /// Gives the connection, with what was read of it, to hyper and the router.
+    /// Gives the connection, with what was read of it, to hyper and the router; closes it
+    /// when hyper is done with it.
     async fn hand_over(self, router: Router) {
         let io = TokioIo::new(Replay {
             head: self.buf.freeze(),
             conn: self.conn,
+            timer: self.timer,
+            write_timeout: self.limits.write,
+            waiting: false,
         });
-        let served = hyper::server::conn::http1::Builder::new()
+        // hyper's header timer runs from the end of one answer to the end of the next head, so
+        // it is the idle timeout too; bodies have the request timeout (`io_util::body_deadline`).
+        let mut served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.timeouts.head)
+            .header_read_timeout(self.limits.idle)
             .serve_connection(io, TowerToHyperService::new(router))
             .with_upgrades();
-        tokio::pin!(served);
         let result = tokio::select! {
-            r = served.as_mut() => r,
+            r = &mut served => r,
             () = self.shutdown.cancelled() => {
-                served.as_mut().graceful_shutdown();
-                served.await
+                std::pin::Pin::new(&mut served).graceful_shutdown();
+                (&mut served).await
             }
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
         }
+        if let Some(parts) = served.into_parts() {
+            let Replay {
+                conn, mut timer, ..
+            } = parts.io.into_inner();
+            linger(conn, BytesMut::new(), &mut timer).await;
+        }
+    }
+}
+
+/// The bytes of a header value found by the parser.
+fn span_of(buf: &[u8], span: Span) -> Option<&[u8]> {
+    span.map(|(a, b)| &buf[a..b])
+}
+
+/// An authentication failure in the envelope of the route.
+fn render(route: Route, id: &str, e: crate::error::ApiError) -> Response {
+    match route {
+        Route::Chat => compatible::auth_error(e).into_response(),
+        // The native envelope carries the request id.
+        Route::Native => CURRENT_REQUEST_ID.sync_scope(id.to_owned(), || e.into_response()),
     }
 }
 
 /// Calls the handler's logic for a short-lane request.
-async fn call(state: &AppState, head: &Head, request: &Bytes, id: &str, body: Bytes) -> Answer {
-    let value = |span: Span| span.map(|(a, b)| &request[a..b]);
-    let caller = auth::authenticate_raw(value(head.authorization), value(head.workspace), state);
-    match head.route {
+async fn call(
+    state: &AppState,
+    head: &Head,
+    request: &Bytes,
+    id: &str,
+    caller: Caller,
+    body: Bytes,
+) -> Answer {
+    let answered = match head.route {
         Route::Chat => {
-            let caller = match caller.await {
-                Ok(c) => c,
-                Err(e) => return Answer::Rendered(compatible::auth_error(e).into_response()),
-            };
-            match state
+            return match state
                 .gateway
                 .chat_completions(&caller.workspace_id, body)
                 .await
@@ -528,24 +554,16 @@ async fn call(state: &AppState, head: &Head, request: &Bytes, id: &str, body: By
             }
         }
         Route::Native => {
-            // The native envelope carries the request id.
-            let render = |e: crate::error::ApiError| {
-                Answer::Rendered(CURRENT_REQUEST_ID.sync_scope(id.to_owned(), || e.into_response()))
-            };
-            let caller = match caller.await {
-                Ok(c) => c,
-                Err(e) => return render(e),
-            };
-            let sse = native::sse_enabled(value(head.sse));
-            match state
+            let sse = inference::native::sse_enabled(span_of(request, head.sse));
+            state
                 .gateway
                 .generation(&caller.workspace_id, id, sse, body)
                 .await
-            {
-                Ok(r) => Answer::Gateway(r),
-                Err(e) => render(inference::api_error(e)),
-            }
         }
+    };
+    match answered {
+        Ok(r) => Answer::Gateway(r),
+        Err(e) => Answer::Rendered(render(head.route, id, inference::api_error(e))),
     }
 }
 
@@ -621,57 +639,6 @@ impl CachedDate {
         }
         self.cell.set((secs, text));
         text
-    }
-}
-
-/// A socket with bytes already read from it put back in front.
-struct Replay {
-    head: Bytes,
-    conn: TcpStream,
-}
-
-impl AsyncRead for Replay {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.head.is_empty() {
-            let n = self.head.len().min(buf.remaining());
-            buf.put_slice(&self.head.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.conn).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Replay {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.conn).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.conn.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_shutdown(cx)
     }
 }
 

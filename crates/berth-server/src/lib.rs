@@ -52,6 +52,8 @@ pub enum ServeError {
     Keys(#[from] berth_store::StoreError),
     #[error(transparent)]
     DataDir(#[from] datadir::LockError),
+    #[error(transparent)]
+    Bootstrap(#[from] keys::BootstrapError),
 }
 
 /// What the process around the server supplies.
@@ -116,13 +118,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Before anything is read or written: a second server on this directory stops here.
     let _owner = datadir::DataDirLock::acquire(&config.data_dir)?;
+    let fd_limit = front::raise_fd_limit();
     let store = open_serving_store(&config).await?;
     if let Some(secret) = &config.bootstrap_key {
-        let record = keys::from_secret(secret, "default");
-        if store.find_api_key(&record.hash).await?.is_none() {
-            store.insert_api_key(&record).await?;
-            tracing::info!(key = %record.id, "bootstrap API key added to workspace default");
-        }
+        keys::ensure_bootstrap(store.as_ref(), secret).await?;
     }
     let catalog = Arc::new(config.catalog());
     for m in &catalog.models {
@@ -134,6 +133,7 @@ pub async fn serve(
     let gateway = berth_gateway::Gateway::new(berth_gateway::GatewayConfig {
         hold: secs(config.gateway.hold_secs),
         queue_bound: config.gateway.hold_queue,
+        read_timeout: secs(config.gateway.read_timeout_secs),
         ..berth_gateway::GatewayConfig::default()
     })
     .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
@@ -189,6 +189,7 @@ pub async fn serve(
         keys,
         nudge,
         gateway,
+        quotas: state::Quotas::new(config.quota.clone()),
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -199,9 +200,15 @@ pub async fn serve(
         })?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "berth serving");
 
+    let limits = front::Limits::from_config(&config.server);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        fd_limit = fd_limit,
+        "client connection limit"
+    );
     let reconciler_stop = CancellationToken::new();
     let reconciler_task = tokio::spawn(reconciler.run(reconciler_stop.clone()));
-    front::serve(listener, state, shutdown.clone()).await?;
+    front::serve_with(listener, state, shutdown.clone(), limits).await?;
     let keep = env.keep_replicas.load(std::sync::atomic::Ordering::SeqCst);
     if keep {
         // Nothing may kill them from here on, not even the supervisors' guards at exit.

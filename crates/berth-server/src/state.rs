@@ -8,6 +8,7 @@ use berth_core::ModelCatalog;
 use berth_store::Store;
 
 use crate::auth::KeyRing;
+use crate::config::QuotaConfig;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -22,6 +23,24 @@ pub struct AppInner {
     pub nudge: Nudge,
     /// The inference gateway; the reconciler publishes its routing table into it.
     pub gateway: berth_gateway::Gateway,
+    pub quotas: Quotas,
+}
+
+/// Per-workspace quotas, and the lock that makes a quota check and the write it allows one step
+/// (two creates at once cannot both take the last deployment of a quota).
+#[derive(Debug, Default)]
+pub struct Quotas {
+    pub config: QuotaConfig,
+    pub lock: tokio::sync::Mutex<()>,
+}
+
+impl Quotas {
+    pub fn new(config: QuotaConfig) -> Self {
+        Self {
+            config,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl AppState {
@@ -42,6 +61,7 @@ impl AppState {
             keys,
             nudge: Nudge::default(),
             gateway,
+            quotas: Quotas::default(),
         })
     }
 }

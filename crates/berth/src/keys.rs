@@ -62,6 +62,18 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                 anyhow::bail!("no key with id {id}");
             }
             println!("Revoked {id}.");
+            let bootstrap = config.bootstrap_key.as_deref().map(keys::hash);
+            let is_bootstrap = store
+                .list_api_keys()
+                .await?
+                .iter()
+                .any(|k| k.id == id && Some(k.hash) == bootstrap);
+            if is_bootstrap {
+                eprintln!(
+                    "This was the bootstrap key (bootstrap_key / BERTH_BOOTSTRAP_KEY): `berth serve` \
+                     refuses to start with it until that setting is changed or removed."
+                );
+            }
         }
     }
     Ok(())

@@ -254,7 +254,7 @@ fn table() {
             node_units: 3,
             expect_starts: 3,
             expect_status: Some((Status::Pending, 0)),
-            expect_message: Some("Waiting for capacity: 2 more replica(s) need 2 unit(s), this node has 0 free of 3."),
+            expect_message: Some("Waiting for capacity: 2 more replica(s) need 2 unit(s), and the node is out of free capacity units."),
             ..Default::default()
         },
         Case {

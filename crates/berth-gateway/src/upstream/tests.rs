@@ -12,6 +12,7 @@ use super::*;
 const SETTINGS: Settings = Settings {
     connect_timeout: Duration::from_secs(1),
     idle_timeout: Duration::from_secs(60),
+    read_timeout: Duration::from_secs(60),
 };
 
 /// What a scripted replica does after reading one request.
@@ -240,6 +241,17 @@ async fn malformed_answers_are_protocol_errors() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 999999999999\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
+        // Strict framing: a signed or listed length, a coding besides chunked, both framings,
+        // a status that is not one.
+        b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 099 Odd\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 600 Odd\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n",
     ] {
         for streamed in [false, true] {
             let (addr, _) = replica(vec![Reply::SendClose(reply)]).await;
@@ -421,5 +433,100 @@ async fn requests_carry_their_path_host_and_length() {
             request,
             format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
         );
+    }
+}
+
+/// A replica that reads one request, sends `first` and then nothing, holding the connection
+/// open.
+async fn stalling_replica(first: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_request(&mut conn, &mut buf).await;
+        conn.write_all(first).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(conn);
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_sending_times_out() {
+    let settings = Settings {
+        read_timeout: Duration::from_millis(300),
+        ..SETTINGS
+    };
+    let partial: &[&'static [u8]] = &[
+        b"",
+        b"HTTP/1.1 200 OK\r\ncontent-le",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\ndata\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+    ];
+    for first in partial {
+        for streamed in [false, true] {
+            let addr = stalling_replica(first).await;
+            let started = Instant::now();
+            let idle = Arc::new(IdleConns::default());
+            let result = if streamed {
+                match post_streaming(&idle, addr, "/v1/chat/completions", b"{}", settings).await {
+                    Ok(resp) => resp.body.collect().await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                post(&idle, addr, "/v1/chat/completions", b"{}", settings)
+                    .await
+                    .map(|_| ())
+            };
+            let e = result.unwrap_err();
+            let what = String::from_utf8_lossy(first);
+            assert!(
+                matches!(&e, SendError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut),
+                "{what:?} (streamed: {streamed}): {e}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(3), "{what:?}");
+        }
+    }
+}
+
+#[test]
+fn arbitrary_answers_never_panic_the_parser() {
+    // A deterministic sweep of mutations of real answers, on top of the fuzz target
+    // (fuzz/fuzz_targets/replica_response.rs), so the normal test suite covers the parser too.
+    let seeds: &[&[u8]] = &[
+        OK,
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\ndata\r\n0\r\nx: y\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+        b"HTTP/1.0 204 No Content\r\n\r\n",
+    ];
+    let mut rng = fastrand::Rng::with_seed(12);
+    for seed in seeds {
+        check_response(seed);
+        for _ in 0..20_000 {
+            let mut bytes = seed.to_vec();
+            for _ in 0..rng.usize(1..6) {
+                match rng.u8(0..4) {
+                    0 if !bytes.is_empty() => {
+                        let at = rng.usize(..bytes.len());
+                        bytes[at] = rng.u8(..);
+                    }
+                    1 => {
+                        let at = rng.usize(..=bytes.len());
+                        {
+                            let alphabet = b"\r\n0123456789abcdefx:;-+ ";
+                            bytes.insert(at, alphabet[rng.usize(..alphabet.len())]);
+                        }
+                    }
+                    2 if !bytes.is_empty() => {
+                        let at = rng.usize(..bytes.len());
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(rng.usize(..=bytes.len())),
+                }
+            }
+            check_response(&bytes);
+        }
     }
 }

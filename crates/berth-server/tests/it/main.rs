@@ -3,5 +3,6 @@
 mod deployments;
 mod errors;
 mod inference;
+mod limits;
 mod openapi;
 mod support;

@@ -44,6 +44,11 @@ fn model(name: &str, base: u32, weights: PathBuf) -> CatalogModel {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with_quotas(Default::default()).await
+    }
+
+    /// [`TestApp::spawn`] with these quotas.
+    pub async fn spawn_with_quotas(quotas: berth_server::config::QuotaConfig) -> Self {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
         store
             .insert_api_key(&keys::from_secret(KEY, "default"))
@@ -72,6 +77,7 @@ impl TestApp {
             keys,
             nudge: Nudge::default(),
             gateway: berth_gateway::Gateway::new(Default::default()).unwrap(),
+            quotas: berth_server::state::Quotas::new(quotas),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -8,28 +8,30 @@ use berth_core::deployment::deployed_model_name;
 use berth_core::{ErrorCode, NewDeployment, Suffix, Timestamp};
 use berth_store::StoreError;
 
-use super::{object, parse_capacity};
+use super::{
+    check_length, check_quota, object, parse_capacity, MAX_DEPLOY_SPEC, MAX_MODEL_NAME, MAX_NAME,
+    MAX_RATE_LIMIT,
+};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
-/// Longest display `name` accepted.
-const MAX_NAME: usize = 128;
-
 /// Creates a deployment; it starts `PENDING` and the reconciler brings its replicas up.
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments",
     request_body = CreateDeploymentRequest,
     responses((status = 200, body = inline(Success<DeploymentObject>)),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     RequestId(request_id): RequestId,
     Json(req): Json<CreateDeploymentRequest>,
 ) -> Result<AxumJson<Success<DeploymentObject>>, ApiError> {
+    check_length("model_name", &req.model_name, MAX_MODEL_NAME)?;
     let model = state
         .catalog
         .get(&req.model_name)
@@ -38,7 +40,8 @@ pub async fn create(
         None | Some("mu") => {}
         Some(other) => {
             return Err(ApiError::invalid(format!(
-                "Invalid plan ({other}): berth supports the `mu` plan or no plan."
+                "Invalid plan ({}): berth supports the `mu` plan or no plan.",
+                berth_core::deployment::shorten(other)
             )))
         }
     }
@@ -50,16 +53,15 @@ pub async fn create(
         .transpose()
         .map_err(ApiError::invalid)?;
     if let Some(name) = &req.name {
-        if name.chars().count() > MAX_NAME {
-            return Err(ApiError::invalid(format!(
-                "Invalid name: at most {MAX_NAME} characters."
-            )));
-        }
+        check_length("name", name, MAX_NAME)?;
+    }
+    if let Some(spec) = &req.deploy_spec {
+        check_length("deploy_spec", spec, MAX_DEPLOY_SPEC)?;
     }
     for (field, v) in [("rpm_limit", req.rpm_limit), ("tpm_limit", req.tpm_limit)] {
-        if v == Some(0) {
+        if let Some(v) = v.filter(|v| !(1..=MAX_RATE_LIMIT).contains(v)) {
             return Err(ApiError::invalid(format!(
-                "Invalid {field} (0): it must be at least 1."
+                "Invalid {field} ({v}): it must be an integer from 1 to {MAX_RATE_LIMIT}."
             )));
         }
     }
@@ -89,7 +91,11 @@ pub async fn create(
         creator: caller.key_id.clone(),
         now: Timestamp::now(),
     };
-    let created = match state.store.create_deployment(new).await {
+    let quota_held = state.quotas.lock.lock().await;
+    check_quota(&state, &caller, true, None, capacity.get()).await?;
+    let created = state.store.create_deployment(new).await;
+    drop(quota_held);
+    let created = match created {
         Ok(d) => d,
         Err(StoreError::Conflict(_)) => {
             return Err(ApiError::new(

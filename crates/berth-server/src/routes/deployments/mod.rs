@@ -11,7 +11,7 @@ mod update;
 use axum::routing::{get, put};
 use axum::Router;
 use berth_api::deployment::{DeploymentObject, PageQuery};
-use berth_core::{Deployment, Status};
+use berth_core::{Deployment, ErrorCode, Status};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -24,6 +24,17 @@ pub use list::__path_list;
 pub use models::__path_models;
 pub use scale::__path_scale;
 pub use update::__path_update;
+
+/// Longest `model_name` (the catalog's rule).
+pub(crate) const MAX_MODEL_NAME: usize = 64;
+/// Longest `deployed_model`: a model name, `-` and a suffix of up to 8.
+pub(crate) const MAX_DEPLOYED_MODEL: usize = MAX_MODEL_NAME + 1 + 8;
+/// Longest display `name`, in characters.
+pub(crate) const MAX_NAME: usize = 128;
+/// Longest `deploy_spec`.
+pub(crate) const MAX_DEPLOY_SPEC: usize = 64;
+/// Largest `rpm_limit` / `tpm_limit`.
+pub(crate) const MAX_RATE_LIMIT: u64 = 1_000_000_000_000;
 
 /// The deployment routes.
 pub fn router() -> Router<AppState> {
@@ -86,11 +97,94 @@ pub(crate) async fn load(
     caller: &Caller,
     name: &str,
 ) -> Result<Deployment, ApiError> {
+    check_length("deployed_model", name, MAX_DEPLOYED_MODEL)?;
     state
         .store
         .get_deployment(&caller.workspace_id, name)
         .await?
         .ok_or_else(|| ApiError::model_not_found(name))
+}
+
+/// 400 when `value` is longer than `max` characters; the value itself is not repeated.
+pub(crate) fn check_length(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(format!(
+            "Invalid {field}: at most {max} characters."
+        )));
+    }
+    Ok(())
+}
+
+/// A rate limit as sent: absent or null for none, else an integer from 1 to
+/// [`MAX_RATE_LIMIT`].
+pub(crate) fn rate_limit(
+    raw: Option<&serde_json::Value>,
+    field: &str,
+) -> Result<Option<u64>, ApiError> {
+    match raw {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_RATE_LIMIT).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::invalid(format!(
+                "Invalid {field} ({}): it must be an integer from 1 to {MAX_RATE_LIMIT}.",
+                shown(v)
+            ))),
+        },
+    }
+}
+
+/// A client's JSON value in a message, cut short when long.
+fn shown(v: &serde_json::Value) -> String {
+    berth_core::deployment::shorten(&v.to_string()).into_owned()
+}
+
+/// What a workspace's deployments hold against its quotas: deployments not being deleted, and
+/// their capacity units, leaving out `except` (the one a scale changes).
+async fn usage(
+    state: &AppState,
+    workspace_id: &str,
+    except: Option<&str>,
+) -> Result<(u64, u64), ApiError> {
+    let (rows, _) = state
+        .store
+        .list_deployments(workspace_id, 0, u64::from(u32::MAX))
+        .await?;
+    let live = rows
+        .iter()
+        .filter(|d| d.status != Status::Deleting && Some(d.deployed_model.as_str()) != except);
+    Ok(live.fold((0, 0), |(n, units), d| {
+        (n + 1, units + u64::from(d.capacity))
+    }))
+}
+
+/// 429 `Throttling.AllocationQuota` when the caller's workspace would go over a quota with
+/// `units` more capacity units, in one more deployment when `new` (or in the deployment
+/// `except` when scaling it). Call with `state.quotas.lock` held until the write is done.
+pub(crate) async fn check_quota(
+    state: &AppState,
+    caller: &Caller,
+    new: bool,
+    except: Option<&str>,
+    units: u32,
+) -> Result<(), ApiError> {
+    let ws = &caller.workspace_id;
+    let quota = state.quotas.config.of(ws);
+    let (count, used) = usage(state, ws, except).await?;
+    let over = |message: String| Err(ApiError::new(ErrorCode::ThrottlingAllocationQuota, message));
+    if new && count >= u64::from(quota.max_deployments) {
+        return over(format!(
+            "Allocation quota exceeded: workspace {ws} may have at most {} deployments (max_deployments), and has {count}.",
+            quota.max_deployments
+        ));
+    }
+    if let Some(max) = quota.max_capacity_units {
+        if used + u64::from(units) > u64::from(max) {
+            return over(format!(
+                "Allocation quota exceeded: workspace {ws} may use at most {max} capacity units (max_capacity_units); its other deployments use {used}, and this asks for {units}."
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// 409 for writes other than delete on a deployment being deleted.

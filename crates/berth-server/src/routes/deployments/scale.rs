@@ -7,7 +7,7 @@ use berth_api::envelope::{ErrorBody, Success};
 use berth_core::Timestamp;
 use berth_store::DesiredChange;
 
-use super::{load, object, parse_capacity, refuse_if_deleting};
+use super::{check_quota, load, object, parse_capacity, refuse_if_deleting};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
@@ -18,7 +18,8 @@ use crate::state::AppState;
 #[utoipa::path(put, path = "/api/v1/deployments/{deployed_model}/scale", tag = "deployments",
     params(("deployed_model" = String, Path)), request_body = ScaleRequest,
     responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn scale(
     State(state): State<AppState>,
     caller: Caller,
@@ -29,6 +30,11 @@ pub async fn scale(
     let current = load(&state, &caller, &name).await?;
     let capacity = parse_capacity(req.capacity.as_ref(), current.base_capacity)?;
     refuse_if_deleting(&current)?;
+    let quota_held = state.quotas.lock.lock().await;
+    if capacity.get() > current.capacity {
+        // Scaling down is always allowed, even over a quota lowered since.
+        check_quota(&state, &caller, false, Some(&name), capacity.get()).await?;
+    }
     let updated = state
         .store
         .change_deployment(
@@ -42,6 +48,7 @@ pub async fn scale(
         )
         .await?
         .ok_or_else(|| ApiError::model_not_found(&name))?;
+    drop(quota_held);
     tracing::info!(deployment = %name, capacity = capacity.get(), "deployment scaled");
     state.nudge.nudge();
     Ok(AxumJson(Success {

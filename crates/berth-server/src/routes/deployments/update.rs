@@ -7,24 +7,12 @@ use berth_api::envelope::{ErrorBody, Success};
 use berth_core::Timestamp;
 use berth_store::DesiredChange;
 
-use super::{load, object, refuse_if_deleting};
+use super::{load, object, rate_limit, refuse_if_deleting};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::request_id::RequestId;
 use crate::state::AppState;
-
-fn limit(raw: &Option<serde_json::Value>, field: &str) -> Result<Option<u64>, ApiError> {
-    match raw {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(ApiError::invalid(format!(
-                "Invalid {field} ({v}): it must be an integer of at least 1."
-            ))),
-        },
-    }
-}
 
 /// Changes `rpm_limit` and/or `tpm_limit`; nothing restarts.
 #[utoipa::path(put, path = "/api/v1/deployments/{deployed_model}/update", tag = "deployments",
@@ -39,8 +27,8 @@ pub async fn update(
     Json(req): Json<UpdateRequest>,
 ) -> Result<AxumJson<Success<DeploymentObject>>, ApiError> {
     let current = load(&state, &caller, &name).await?;
-    let rpm_limit = limit(&req.rpm_limit, "rpm_limit")?;
-    let tpm_limit = limit(&req.tpm_limit, "tpm_limit")?;
+    let rpm_limit = rate_limit(req.rpm_limit.as_ref(), "rpm_limit")?;
+    let tpm_limit = rate_limit(req.tpm_limit.as_ref(), "tpm_limit")?;
     if rpm_limit.is_none() && tpm_limit.is_none() {
         return Err(ApiError::invalid(
             "Required parameter(rpm_limit or tpm_limit) missing or invalid, please check the request parameters.",
