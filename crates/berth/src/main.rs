@@ -1,5 +1,8 @@
 //! The `berth` binary: `berth serve`, `berth engine`, `berth keys ...`.
 
+mod chat;
+mod client;
+mod deployments;
 mod keys;
 
 use std::path::PathBuf;
@@ -30,6 +33,11 @@ enum Command {
     Engine(berth_engine::EngineArgs),
     /// Manage API keys (each belongs to one workspace).
     Keys(keys::KeysArgs),
+    /// Create, list, scale, update, delete and wait for deployments of a running berth.
+    #[command(visible_alias = "d")]
+    Deployments(deployments::DeploymentsArgs),
+    /// Talk to a deployment: one prompt, or a conversation from standard input.
+    Chat(chat::ChatArgs),
     /// An instant OpenAI-compatible stub replica, for tests and benchmarks.
     #[command(hide = true)]
     StubEngine(berth_stub::StubArgs),
@@ -74,8 +82,34 @@ pub fn load_config(args: &ConfigArgs, overrides: Overrides) -> anyhow::Result<Co
     Ok(loaded.config)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The API clients report their own errors, with an exit code per class of failure.
+    if let Command::Deployments(_) | Command::Chat(_) = &cli.command {
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => return client::Failure::new(client::exit::SERVER, e.to_string()).exit(),
+        };
+        let result = match cli.command {
+            Command::Deployments(args) => rt.block_on(deployments::run(args)),
+            Command::Chat(args) => rt.block_on(chat::run(args)),
+            _ => Ok(()),
+        };
+        return match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(f) => f.exit(),
+        };
+    }
+    match serve_main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_main(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -90,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(args) => rt.block_on(keys::run(args)),
         Command::StubEngine(args) => rt.block_on(berth_stub::run(args)),
         Command::GatewayBench(args) => Ok(rt.block_on(berth_server::bench::run(args))?),
+        Command::Deployments(_) | Command::Chat(_) => Ok(()),
         Command::Serve(args) => {
             let config = load_config(
                 &args.config,
