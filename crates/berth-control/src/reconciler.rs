@@ -12,6 +12,7 @@ use rand::RngCore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{self, EventHub};
 use crate::plan::{plan, Action, FailureState, Key, ModelInfo, PlanInput};
 
 /// Wakes the reconciler after the API changed desired state.
@@ -69,6 +70,8 @@ pub struct Reconciler {
     last_routing: Option<Arc<RoutingTable>>,
     in_flight: InFlightProbe,
     keep_replicas: Arc<AtomicBool>,
+    events: EventHub,
+    seen: events::Seen,
 }
 
 impl Reconciler {
@@ -92,7 +95,15 @@ impl Reconciler {
             last_routing: None,
             in_flight: Arc::new(|_| 0),
             keep_replicas: Arc::default(),
+            events: EventHub::default(),
+            seen: events::Seen::default(),
         }
+    }
+
+    /// Where the changes each pass sees are published.
+    pub fn with_events(mut self, hub: EventHub) -> Self {
+        self.events = hub;
+        self
     }
 
     /// Where calls in flight per replica come from (the gateway); without it nothing is
@@ -264,6 +275,13 @@ impl Reconciler {
             }
         }
         self.failures.retain(|k, _| generations.contains_key(k));
+
+        // What changed since the last pass, for the event streams.
+        let now = self.store.all_deployments().await?;
+        // The replicas as this pass saw them (observing again here would mark changes since as
+        // seen, and the loop would not wake for them).
+        let changes = events::diff(&mut self.seen, &now, &observed);
+        self.events.publish(changes);
         Ok(())
     }
 

@@ -162,6 +162,7 @@ pub async fn serve(
         );
     }
     let in_flight_gateway = gateway.clone();
+    let events = berth_control::EventHub::default();
     let reconciler = Reconciler::new(
         store.clone(),
         runtime.clone(),
@@ -177,6 +178,7 @@ pub async fn serve(
         gateway.publisher(),
     )
     .with_in_flight(Arc::new(move |id| in_flight_gateway.in_flight(id)))
+    .with_events(events.clone())
     .keep_replicas_flag(env.keep_replicas.clone());
     let nudge = reconciler.nudge_handle();
     let keys = KeyRing::new(store.clone());
@@ -190,6 +192,7 @@ pub async fn serve(
         nudge,
         gateway,
         quotas: state::Quotas::new(config.quota.clone()),
+        events,
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen)

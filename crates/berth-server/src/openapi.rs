@@ -19,6 +19,8 @@ use crate::routes::deployments;
         deployments::scale,
         deployments::update,
         deployments::delete,
+        deployments::stream,
+        deployments::workspace_events,
     ),
     modifiers(&BearerAuth),
     security(("api_key" = [])),

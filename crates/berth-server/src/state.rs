@@ -24,6 +24,8 @@ pub struct AppInner {
     /// The inference gateway; the reconciler publishes its routing table into it.
     pub gateway: berth_gateway::Gateway,
     pub quotas: Quotas,
+    /// What the reconciler sees change, for the event streams.
+    pub events: berth_control::EventHub,
 }
 
 /// Per-workspace quotas, and the lock that makes a quota check and the write it allows one step
@@ -62,6 +64,7 @@ impl AppState {
             nudge: Nudge::default(),
             gateway,
             quotas: Quotas::default(),
+            events: berth_control::EventHub::default(),
         })
     }
 }

@@ -82,6 +82,9 @@ enum Command {
         #[command(flatten)]
         wait: WaitFlags,
     },
+    /// Follow live changes of one deployment (until it is deleted) or, without an ID, of every
+    /// deployment of the workspace.
+    Watch { id: Option<String> },
     /// Wait until a deployment is RUNNING (or gone).
     Wait {
         id: String,
@@ -214,6 +217,7 @@ pub async fn run(args: DeploymentsArgs) -> Result<(), Failure> {
             }
         }
         Command::Wait { id, goal, timeout } => wait_for(&client, &id, goal, timeout, out).await?,
+        Command::Watch { id } => watch(&client, id.as_deref(), out).await?,
     }
     Ok(())
 }
@@ -295,6 +299,74 @@ async fn wait_for(
         eprintln!("{id}: {what} after {:.1}s", started.elapsed().as_secs_f64());
     }
     result
+}
+
+/// Prints each event of a deployment's (or the workspace's) event stream as it comes.
+async fn watch(client: &Client, id: Option<&str>, out: Output) -> Result<(), Failure> {
+    use futures::StreamExt;
+    let url = match id {
+        Some(id) => format!("{}/deployments/{id}/stream", client.base),
+        None => format!("{}/events", client.base),
+    };
+    let resp = client
+        .request(Method::GET, &url)
+        .send()
+        .await
+        .map_err(|e| Failure::new(exit::SERVER, format!("cannot reach berth: {e}")))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        return Err(crate::client::failure_of(status, &json, &text));
+    }
+    let mut body = resp.bytes_stream();
+    let mut pending = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Failure::new(exit::SERVER, format!("stream broke: {e}")))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue;
+            };
+            if out == Output::Json {
+                println!("{}", data.trim());
+                continue;
+            }
+            let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+            let now = chrono::Utc::now().format("%H:%M:%S");
+            match v["type"].as_str() {
+                Some("deployment") => {
+                    let d = &v["deployment"];
+                    let note = d["status_message"]
+                        .as_str()
+                        .or(d["fail_reason"].as_str())
+                        .unwrap_or_default();
+                    println!(
+                        "{now}  {}  {}  {}/{} ready  {note}",
+                        s(&d["deployed_model"]),
+                        s(&d["status"]),
+                        s(&d["ready_capacity"]),
+                        s(&d["capacity"])
+                    )
+                }
+                Some("replica") => println!(
+                    "{now}  {}  replica {} {}{}",
+                    s(&v["deployed_model"]),
+                    s(&v["replica_id"]),
+                    s(&v["state"]),
+                    v["reason"]
+                        .as_str()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+                Some("deleted") => println!("{now}  {}  deleted", s(&v["deployed_model"])),
+                _ => println!("{now}  {}", data.trim()),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_one(out: Output, text: &str, d: &Value) {

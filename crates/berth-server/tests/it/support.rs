@@ -78,6 +78,7 @@ impl TestApp {
             nudge: Nudge::default(),
             gateway: berth_gateway::Gateway::new(Default::default()).unwrap(),
             quotas: berth_server::state::Quotas::new(quotas),
+            events: berth_control::EventHub::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -6,6 +6,7 @@ mod get;
 mod list;
 mod models;
 mod scale;
+mod stream;
 mod update;
 
 use axum::routing::{get, put};
@@ -23,6 +24,7 @@ pub use get::__path_get;
 pub use list::__path_list;
 pub use models::__path_models;
 pub use scale::__path_scale;
+pub use stream::{__path_stream, __path_workspace_events};
 pub use update::__path_update;
 
 /// Longest `model_name` (the catalog's rule).
@@ -53,6 +55,11 @@ pub fn router() -> Router<AppState> {
             "/api/v1/deployments/{deployed_model}/update",
             put(update::update),
         )
+        .route(
+            "/api/v1/deployments/{deployed_model}/stream",
+            get(stream::stream),
+        )
+        .route("/api/v1/events", get(stream::workspace_events))
 }
 
 /// Validated paging: page number from 1, page size 1..=200.
