@@ -482,6 +482,46 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_tools_and_unsupported_fields() {
+        let p = chat_json(base(json!({"logprobs": true, "top_logprobs": 5}))).unwrap();
+        assert_eq!(p.logprobs, Some(5));
+        let p = chat_json(base(json!({"logprobs": true}))).unwrap();
+        assert_eq!(p.logprobs, Some(0));
+        assert_eq!(chat_json(base(json!({"logprobs": false}))).unwrap().logprobs, None);
+        let cases = [
+            (json!({"logprobs": true, "top_logprobs": 6}), "top_logprobs"),
+            (json!({"top_logprobs": 2}), "top_logprobs"),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
+            (json!({"function_call": "auto"}), "function_call"),
+            (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
+            (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+        ];
+        for (extra, param) in cases {
+            let err = chat_json(base(extra.clone())).expect_err(&extra.to_string());
+            assert_eq!(err.param.as_deref(), Some(param), "{extra}");
+        }
+        assert!(chat_json(base(json!({"logit_bias": {}}))).is_ok());
+        // A follow-up turn: the assistant's calls and the tool's answer.
+        let p = chat_json(json!({"messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}))
+        .unwrap();
+        assert_eq!(p.messages[1].tool_calls[0].arguments, r#"{"city": "Paris"}"#);
+        assert_eq!(p.messages[2].tool_call_id.as_deref(), Some("call_1"));
+        let err = chat_json(json!({"messages": [{"role": "user", "content": "x"},
+            {"role": "tool", "content": "sunny"}]}))
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[1].tool_call_id"));
+        let err = chat_json(json!({"messages": [{"role": "user", "content": "x", "tool_calls": [
+            {"function": {"name": "w"}}]}]}))
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].tool_calls"));
+    }
+
+    #[test]
     fn rejects_empty_or_odd_messages() {
         let err = chat_json(json!({"messages": []})).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages"));
