@@ -51,6 +51,39 @@ pub struct Parameters {
     pub repetition_penalty: Option<f64>,
     #[serde(default)]
     pub presence_penalty: Option<f64>,
+    /// Function calling (`result_format: message` only): the OpenAI shapes.
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    /// `auto`, `none`, `required` or `{"type":"function","function":{"name"}}`.
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// `{type: text|json_object|json_schema, json_schema{name, schema, strict}}`.
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    /// Log-probabilities of the output tokens (`result_format: message` only).
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per token, 0..=5.
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Answers per request: only 1 is supported.
+    #[serde(default)]
+    pub n: Option<i64>,
+    /// Newer name of `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    /// Model Studio features berth does not have; refused when switched on.
+    #[serde(default)]
+    pub enable_search: Option<bool>,
+    #[serde(default)]
+    pub enable_code_interpreter: Option<bool>,
+    #[serde(default)]
+    pub enable_thinking: Option<bool>,
+    /// Streams tool-call arguments piece by piece (berth sends each call whole; accepted).
+    #[serde(default)]
+    pub tool_stream: Option<bool>,
 }
 
 /// A native response or stream event: `{output, usage, request_id}`.
@@ -79,6 +112,9 @@ pub enum Output<'a> {
 pub struct MessageChoice<'a> {
     pub finish_reason: &'a str,
     pub message: OutputMessage<'a>,
+    /// `{"content": [{token, logprob, bytes, top_logprobs}]}` when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<&'a serde_json::Value>,
 }
 
 /// The assistant message of a [`MessageChoice`].
@@ -86,6 +122,9 @@ pub struct MessageChoice<'a> {
 pub struct OutputMessage<'a> {
     pub role: &'a str,
     pub content: &'a str,
+    /// `[{index, id, type: "function", function{name, arguments}}]` when the model called tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<&'a [serde_json::Value]>,
 }
 
 /// Native usage.
@@ -131,7 +170,9 @@ mod tests {
                     message: OutputMessage {
                         role: "assistant",
                         content: "hi",
+                        tool_calls: None,
                     },
+                    logprobs: None,
                 }],
             },
             usage: GenerationUsage::new(3, 1),

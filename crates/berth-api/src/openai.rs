@@ -58,6 +58,20 @@ pub struct ChatRequest<'a> {
     pub repetition_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f64>,
+    /// Function calling and structured output, passed as the client wrote them (the two APIs
+    /// share their shapes); the replica checks them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<i64>,
 }
 
 /// One chat message. Fields other than `role` and `content` (tool calls, names) are kept as
@@ -107,6 +121,9 @@ pub struct CompletionChoice {
     pub message: AssistantMessage,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// `{"content": [{token, logprob, bytes, top_logprobs}]}`, kept as it came.
+    #[serde(default)]
+    pub logprobs: Option<serde_json::Value>,
 }
 
 /// The assistant's message.
@@ -116,6 +133,9 @@ pub struct AssistantMessage {
     pub role: Option<String>,
     #[serde(default)]
     pub content: Option<String>,
+    /// `[{id, type, function{name, arguments}}]`, kept as it came.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 /// A streamed chunk (`object: chat.completion.chunk`).
@@ -134,6 +154,9 @@ pub struct ChunkChoice {
     pub delta: Delta,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// The log-probabilities of this chunk's tokens (`{"content": [...]}`), as they came.
+    #[serde(default)]
+    pub logprobs: Option<serde_json::Value>,
 }
 
 /// The delta of a [`ChunkChoice`].
@@ -141,6 +164,9 @@ pub struct ChunkChoice {
 pub struct Delta {
     #[serde(default)]
     pub content: Option<String>,
+    /// Tool-call deltas (`[{index, id, type, function{name, arguments}}]`), as they came.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 /// An upstream error body (`{"error": {"message": ...}}`), read leniently.

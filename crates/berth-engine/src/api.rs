@@ -47,6 +47,8 @@ pub struct SamplingWire {
     /// llama.cpp's name for `repetition_penalty`.
     pub repeat_penalty: Option<f64>,
     pub n: Option<i64>,
+    /// Not supported: refused unless empty.
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     /// llama-server extension: never end at end-of-sequence tokens (for benchmarks).
     pub ignore_eos: Option<bool>,
     #[serde(default)]
@@ -79,6 +81,100 @@ pub struct MessageWire {
     pub role: String,
     #[serde(default)]
     pub content: Option<ContentWire>,
+    /// The calls an earlier assistant turn made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallWire>>,
+    /// Which call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// The function name (older clients put it on `tool` messages).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A tool call in an assistant message of the conversation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallWire {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: FunctionCallWire,
+}
+
+/// The function half of a [`ToolCallWire`]. `arguments` is a JSON string (OpenAI); an object is
+/// accepted too.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallWire {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolWire {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub function: Option<FunctionWire>,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionWire {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A JSON Schema of the arguments object.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"`, or `{"type":"function","function":{"name"}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoiceWire {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+/// A named `tool_choice`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: NamedFunction,
+}
+
+/// The function of a [`NamedToolChoice`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponseFormatWire {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<JsonSchemaWire>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaWire {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 /// `POST /v1/chat/completions` body.
@@ -87,6 +183,24 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
     pub messages: Vec<MessageWire>,
+    #[serde(default)]
+    pub tools: Option<Vec<ToolWire>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoiceWire>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormatWire>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Legacy function calling: refused with a pointer to `tools`.
+    #[serde(default)]
+    pub functions: Option<serde_json::Value>,
+    /// Legacy function calling: refused with a pointer to `tool_choice`.
+    #[serde(default)]
+    pub function_call: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingWire,
 }
@@ -107,6 +221,9 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
     pub prompt: PromptWire,
+    /// Legacy integer `logprobs`: not supported on text completions (only 0 or absent).
+    #[serde(default)]
+    pub logprobs: Option<i64>,
     #[serde(flatten)]
     pub sampling: SamplingWire,
 }
@@ -130,11 +247,61 @@ impl Usage {
     }
 }
 
-/// An assistant message in a non-streamed response.
+/// An assistant message in a non-streamed response. `content` is `null` when the answer is
+/// only tool calls.
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A call the model made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// The function and its arguments (a JSON object, as a string) of a [`ToolCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A tool call in a stream delta: the whole call in one delta, with its position.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(flatten)]
+    pub call: ToolCall,
+}
+
+/// `logprobs` of a choice: one entry per generated token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<TokenLogprob>,
+}
+
+/// The log-probability of one generated token and its most likely alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One alternative of a [`TokenLogprob`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
 }
 
 /// One choice of a chat completion.
@@ -142,7 +309,7 @@ pub struct AssistantMessage {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: &'static str,
 }
 
@@ -164,6 +331,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// One choice of a streamed chat chunk.
@@ -171,7 +340,7 @@ pub struct Delta {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 

@@ -21,6 +21,9 @@ use crate::api::{
 use crate::metrics::{Metrics, Outcome};
 use crate::params::{self, GenOptions, InvalidRequest};
 use crate::render::{Endpoint, Renderer};
+use crate::reply::{Collector, Output, StreamShaper};
+use crate::structured;
+use crate::tools::Tools;
 use crate::worker::{Event, Job, Loaded};
 
 /// State shared by all handlers.
@@ -209,8 +212,20 @@ async fn chat_completions(
     let checked = params::chat(req).inspect_err(|_| state.metrics.request(Outcome::Invalid))?;
     let engine = ready_engine(&state)?;
     let prompt = engine
-        .chat_prompt(&checked.messages)
+        .chat_prompt(&checked.messages, &checked.tools)
         .inspect_err(|_| state.metrics.request(Outcome::Invalid))?;
+    let grammar = match structured::grammar(&checked.structure, &checked.tools) {
+        None => None,
+        Some(g) => Some(
+            structured::compile(&engine.factory, g, &checked.structure, &checked.tools)
+                .inspect_err(|_| state.metrics.request(Outcome::Invalid))?,
+        ),
+    };
+    let output = Output {
+        tools: checked.tools.active().then_some(checked.tools),
+        logprobs: checked.logprobs,
+        grammar,
+    };
     generate(
         &state,
         engine,
@@ -218,6 +233,7 @@ async fn chat_completions(
         "messages",
         &prompt,
         checked.options,
+        output,
         arrived,
     )
     .await
@@ -238,6 +254,7 @@ async fn completions(
         "prompt",
         &checked.prompt,
         checked.options,
+        Output::default(),
         arrived,
     )
     .await
@@ -255,6 +272,7 @@ fn ready_engine(state: &AppState) -> Result<&Loaded, ApiError> {
 }
 
 /// Tokenizes, admits and queues a generation, then answers as a whole or as an SSE stream.
+#[allow(clippy::too_many_arguments)]
 async fn generate(
     state: &Arc<AppState>,
     engine: &Loaded,
@@ -262,6 +280,7 @@ async fn generate(
     prompt_param: &str,
     prompt: &str,
     options: GenOptions,
+    output: Output,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let tokens = engine.tokenize(prompt);
@@ -287,9 +306,16 @@ async fn generate(
     };
     let prompt_tokens = tokens.len() as u32;
     let (tx, rx) = mpsc::unbounded_channel();
+    let Output {
+        tools,
+        logprobs,
+        grammar,
+    } = output;
     let job = Job {
         prompt: tokens,
         sampling: options.sampling,
+        grammar,
+        logprobs,
         max_tokens: options.max_tokens,
         stop: options.stop,
         arrived,
@@ -304,10 +330,15 @@ async fn generate(
     if options.continuous_usage {
         renderer.continuous_usage = Some(prompt_tokens);
     }
+    renderer.logprobs = logprobs.is_some();
     if options.stream {
-        Ok(stream_response(renderer, rx, permit))
+        Ok(stream_response(
+            StreamShaper::new(renderer, tools),
+            rx,
+            permit,
+        ))
     } else {
-        collect(renderer, rx, permit).await
+        collect(renderer, tools, rx, permit).await
     }
 }
 
@@ -315,19 +346,25 @@ async fn generate(
 /// receiver goes with it and the decode thread cancels the job.
 async fn collect(
     renderer: Renderer,
+    tools: Option<Tools>,
     mut rx: mpsc::UnboundedReceiver<Event>,
     _permit: OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
-    let mut text = String::new();
+    let mut answer = Collector::default();
     let value = loop {
         match rx.recv().await {
-            Some(Event::Text(t, _)) => text.push_str(&t),
+            Some(Event::Text { text, logprobs, .. }) => answer.push(&text, logprobs),
             Some(Event::Done {
                 reason,
                 prompt_tokens,
                 completion_tokens,
             }) => {
-                break renderer.response(text, reason, Usage::new(prompt_tokens, completion_tokens))
+                let (answer, reason) = answer.finish(tools.as_ref(), reason);
+                break renderer.response(
+                    answer,
+                    reason,
+                    Usage::new(prompt_tokens, completion_tokens),
+                );
             }
             Some(Event::Failed(e)) => return Err(ApiError::Internal(e)),
             None => return Err(ApiError::Internal("decode thread stopped".into())),
@@ -341,7 +378,7 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// State of an SSE stream.
 struct StreamState {
-    renderer: Renderer,
+    renderer: StreamShaper,
     rx: mpsc::UnboundedReceiver<Event>,
     started: bool,
     done: bool,
@@ -349,7 +386,7 @@ struct StreamState {
 }
 
 fn stream_response(
-    renderer: Renderer,
+    renderer: StreamShaper,
     rx: mpsc::UnboundedReceiver<Event>,
     permit: OwnedSemaphorePermit,
 ) -> Response {
@@ -370,35 +407,44 @@ fn stream_response(
                 return Some((first, st));
             }
         }
-        // An SSE comment every second while nothing else is sent: a client that went away
-        // (even one still waiting in the queue) is noticed on the failed write, which drops this
-        // stream and so cancels the job.
-        let event = match tokio::time::timeout(KEEP_ALIVE, st.rx.recv()).await {
-            Ok(event) => event,
-            Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), st)),
-        };
-        let frame = match event {
-            Some(Event::Text(t, generated)) => st.renderer.text(t, generated),
-            Some(Event::Done {
-                reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                st.done = true;
-                st.renderer
-                    .finish(reason, Usage::new(prompt_tokens, completion_tokens))
+        loop {
+            // An SSE comment every second while nothing else is sent: a client that went away
+            // (even one still waiting in the queue) is noticed on the failed write, which drops
+            // this stream and so cancels the job.
+            let event = match tokio::time::timeout(KEEP_ALIVE, st.rx.recv()).await {
+                Ok(event) => event,
+                Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), st)),
+            };
+            let frame = match event {
+                Some(Event::Text {
+                    text,
+                    generated,
+                    logprobs,
+                }) => st.renderer.text(text, generated, logprobs),
+                Some(Event::Done {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                }) => {
+                    st.done = true;
+                    st.renderer
+                        .finish(reason, Usage::new(prompt_tokens, completion_tokens))
+                }
+                Some(Event::Failed(e)) => {
+                    tracing::error!(error = %e, "generation failed mid-stream");
+                    st.done = true;
+                    st.renderer.error("the engine failed while generating")
+                }
+                None => {
+                    st.done = true;
+                    st.renderer.error("the engine stopped")
+                }
+            };
+            // Text held back (a possible tool call) sends nothing yet.
+            if !frame.is_empty() {
+                return Some((frame, st));
             }
-            Some(Event::Failed(e)) => {
-                tracing::error!(error = %e, "generation failed mid-stream");
-                st.done = true;
-                st.renderer.error("the engine failed while generating")
-            }
-            None => {
-                st.done = true;
-                st.renderer.error("the engine stopped")
-            }
-        };
-        Some((frame, st))
+        }
     })
     .map(Ok::<_, std::convert::Infallible>);
     Response::builder()

@@ -3,8 +3,12 @@
 //! `/metrics` and graceful draining.
 //!
 //! Layout: [`worker`] owns llama.cpp on a dedicated decode thread; [`http`] is the axum surface;
-//! [`params`] checks requests; [`render`] builds responses and SSE frames; [`text`] holds the
-//! incremental UTF-8 and stop-sequence logic; [`metrics`] renders Prometheus text.
+//! [`params`] checks requests; [`render`] builds responses and SSE frames; [`reply`] shapes
+//! generated text into content, tool calls and log-probabilities; [`structured`] compiles output
+//! constraints (`response_format`, forced tool calls) with llguidance; [`tools`] checks tools,
+//! writes them into the prompt and finds calls in the text; [`template`] renders tool-aware
+//! GGUF chat templates; [`text`] holds the incremental UTF-8
+//! and stop-sequence logic; [`metrics`] renders Prometheus text.
 
 pub mod api;
 pub mod guard;
@@ -12,7 +16,11 @@ pub mod http;
 pub mod metrics;
 pub mod params;
 pub mod render;
+pub mod reply;
+pub mod structured;
+pub mod template;
 pub mod text;
+pub mod tools;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -4,6 +4,11 @@
 use crate::api::{
     ChatCompletionRequest, CompletionRequest, ContentWire, PromptWire, SamplingWire, StopWire,
 };
+use crate::structured::{self, Structure};
+use crate::tools::{self, ToolCallIn, Tools};
+
+/// Most alternatives `top_logprobs` may ask for.
+pub const MAX_TOP_LOGPROBS: i64 = 5;
 
 /// Most stop sequences a request may carry (OpenAI's limit).
 pub const MAX_STOPS: usize = 4;
@@ -89,11 +94,28 @@ pub struct GenOptions {
     pub continuous_usage: bool,
 }
 
-/// A chat message after checking: role and plain-text content.
+/// A chat message after checking: role, plain-text content, and the tool fields of assistant
+/// and `tool` turns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// Calls an assistant turn made.
+    pub tool_calls: Vec<ToolCallIn>,
+    /// The call a `tool` turn answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message with only a role and text.
+    pub fn text(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_owned(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 /// A checked chat completion request.
@@ -101,6 +123,13 @@ pub struct ChatMessage {
 pub struct ChatParams {
     pub messages: Vec<ChatMessage>,
     pub options: GenOptions,
+    /// Tools offered to the model and how it may use them.
+    pub tools: Tools,
+    /// What the output must be (`response_format`), if anything.
+    pub structure: Structure,
+    /// `Some(n)`: report log-probabilities of each token with its `n` (0..=5) most likely
+    /// alternatives.
+    pub logprobs: Option<u8>,
 }
 
 /// A checked text completion request.
@@ -120,6 +149,20 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ChatParams, InvalidRequest> {
             "'messages' must contain at least one message",
         ));
     }
+    if req.functions.is_some() || req.function_call.is_some() {
+        let param = if req.functions.is_some() {
+            "functions"
+        } else {
+            "function_call"
+        };
+        return Err(InvalidRequest::new(
+            param,
+            format!("'{param}' (legacy function calling) is not supported; use 'tools' and 'tool_choice'"),
+        ));
+    }
+    let tools = tools::check(req.tools, req.tool_choice, req.parallel_tool_calls)?;
+    let structure = structured::check(req.response_format)?;
+    let logprobs = logprobs(req.logprobs, req.top_logprobs)?;
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
         let param = format!("messages[{i}]");
@@ -131,6 +174,13 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ChatParams, InvalidRequest> {
                     m.role,
                     ROLES.join(", ")
                 ),
+            ));
+        }
+        let tool_calls = tools::calls_in(&param, &m.role, m.tool_calls)?;
+        if m.role == "tool" && m.tool_call_id.as_deref().is_none_or(str::is_empty) {
+            return Err(InvalidRequest::new(
+                &format!("{param}.tool_call_id"),
+                "a 'tool' message needs the 'tool_call_id' of the call it answers",
             ));
         }
         let content = match m.content {
@@ -170,9 +220,14 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ChatParams, InvalidRequest> {
         messages.push(ChatMessage {
             role: m.role,
             content,
+            tool_calls,
+            tool_call_id: m.tool_call_id,
         });
     }
-    if messages.iter().all(|m| m.content.trim().is_empty()) {
+    if messages
+        .iter()
+        .all(|m| m.content.trim().is_empty() && m.tool_calls.is_empty())
+    {
         return Err(InvalidRequest::new(
             "messages",
             "'messages' must contain some non-empty content",
@@ -183,7 +238,35 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ChatParams, InvalidRequest> {
         .max_completion_tokens
         .or(req.sampling.max_tokens);
     let options = options(req.sampling, max)?;
-    Ok(ChatParams { messages, options })
+    Ok(ChatParams {
+        messages,
+        options,
+        tools,
+        structure,
+        logprobs,
+    })
+}
+
+/// `logprobs` and `top_logprobs` (0..=5, only with `logprobs: true`).
+fn logprobs(on: Option<bool>, top: Option<i64>) -> Result<Option<u8>, InvalidRequest> {
+    let top = match top {
+        None => 0,
+        Some(n) if (0..=MAX_TOP_LOGPROBS).contains(&n) => n as u8,
+        Some(n) => {
+            return Err(InvalidRequest::new(
+                "top_logprobs",
+                format!("'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+            ))
+        }
+    };
+    match on {
+        Some(true) => Ok(Some(top)),
+        _ if top > 0 => Err(InvalidRequest::new(
+            "top_logprobs",
+            "'top_logprobs' needs 'logprobs' set to true",
+        )),
+        _ => Ok(None),
+    }
 }
 
 /// Checks a text completion request.
@@ -200,6 +283,12 @@ pub fn completion(req: CompletionRequest) -> Result<CompletionParams, InvalidReq
     };
     if prompt.is_empty() {
         return Err(InvalidRequest::new("prompt", "'prompt' must not be empty"));
+    }
+    if req.logprobs.is_some_and(|n| n != 0) {
+        return Err(InvalidRequest::new(
+            "logprobs",
+            "'logprobs' is not supported on /v1/completions; use /v1/chat/completions",
+        ));
     }
     let max = req.sampling.max_tokens;
     let options = options(req.sampling, max)?;
@@ -248,6 +337,12 @@ fn options(w: SamplingWire, max_tokens: Option<i64>) -> Result<GenOptions, Inval
         s.repetition_penalty = p as f32;
     }
     s.ignore_eos = w.ignore_eos.unwrap_or(false);
+    if w.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(InvalidRequest::new(
+            "logit_bias",
+            "'logit_bias' is not supported by this engine",
+        ));
+    }
     if let Some(n) = w.n {
         if n != 1 {
             return Err(InvalidRequest::new("n", "only 'n' = 1 is supported"));
@@ -384,6 +479,46 @@ mod tests {
             let err = chat_json(base(extra.clone())).expect_err(&extra.to_string());
             assert_eq!(err.param.as_deref(), Some(param), "{extra}");
         }
+    }
+
+    #[test]
+    fn logprobs_tools_and_unsupported_fields() {
+        let p = chat_json(base(json!({"logprobs": true, "top_logprobs": 5}))).unwrap();
+        assert_eq!(p.logprobs, Some(5));
+        let p = chat_json(base(json!({"logprobs": true}))).unwrap();
+        assert_eq!(p.logprobs, Some(0));
+        assert_eq!(chat_json(base(json!({"logprobs": false}))).unwrap().logprobs, None);
+        let cases = [
+            (json!({"logprobs": true, "top_logprobs": 6}), "top_logprobs"),
+            (json!({"top_logprobs": 2}), "top_logprobs"),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
+            (json!({"function_call": "auto"}), "function_call"),
+            (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
+            (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+        ];
+        for (extra, param) in cases {
+            let err = chat_json(base(extra.clone())).expect_err(&extra.to_string());
+            assert_eq!(err.param.as_deref(), Some(param), "{extra}");
+        }
+        assert!(chat_json(base(json!({"logit_bias": {}}))).is_ok());
+        // A follow-up turn: the assistant's calls and the tool's answer.
+        let p = chat_json(json!({"messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}))
+        .unwrap();
+        assert_eq!(p.messages[1].tool_calls[0].arguments, r#"{"city": "Paris"}"#);
+        assert_eq!(p.messages[2].tool_call_id.as_deref(), Some("call_1"));
+        let err = chat_json(json!({"messages": [{"role": "user", "content": "x"},
+            {"role": "tool", "content": "sunny"}]}))
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[1].tool_call_id"));
+        let err = chat_json(json!({"messages": [{"role": "user", "content": "x", "tool_calls": [
+            {"function": {"name": "w"}}]}]}))
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].tool_calls"));
     }
 
     #[test]

@@ -5,8 +5,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::api::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta,
-    ErrorBody, ErrorEnvelope, TextChoice, TextCompletion, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChoiceLogprobs, ChunkChoice,
+    Delta, ErrorBody, ErrorEnvelope, TextChoice, TextCompletion, TokenLogprob, ToolCall,
+    ToolCallDelta, Usage,
 };
 use crate::worker::FinishReason;
 
@@ -30,6 +31,23 @@ pub struct Renderer {
     /// `Some(prompt tokens)`: every chunk carries the usage so far
     /// (`stream_options.continuous_usage_stats`).
     pub continuous_usage: Option<u32>,
+    /// The request asked for `logprobs`: choices carry `{"content": [...]}` instead of `null`.
+    pub logprobs: bool,
+}
+
+/// The assistant's answer of a non-streamed chat response.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// `None` when the answer is only tool calls.
+    pub content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A fresh tool call id (`call_` and 24 hex digits).
+pub fn call_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("call_{}", &hex[..24])
 }
 
 /// One SSE `data:` frame.
@@ -59,11 +77,22 @@ impl Renderer {
             model,
             include_usage,
             continuous_usage: None,
+            logprobs: false,
         }
     }
 
+    fn logprobs_of(&self, content: Vec<TokenLogprob>) -> Option<ChoiceLogprobs> {
+        self.logprobs.then_some(ChoiceLogprobs { content })
+    }
+
     /// The complete (non-streamed) response.
-    pub fn response(&self, text: String, reason: FinishReason, usage: Usage) -> serde_json::Value {
+    pub fn response(
+        &self,
+        answer: Answer,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> serde_json::Value {
+        let logprobs = self.logprobs_of(answer.logprobs);
         let v = match self.endpoint {
             Endpoint::Chat => serde_json::to_value(ChatCompletion {
                 id: self.id.clone(),
@@ -74,9 +103,10 @@ impl Renderer {
                     index: 0,
                     message: AssistantMessage {
                         role: "assistant",
-                        content: text,
+                        content: answer.content,
+                        tool_calls: answer.tool_calls,
                     },
-                    logprobs: None,
+                    logprobs,
                     finish_reason: reason.as_str(),
                 }],
                 usage,
@@ -88,7 +118,7 @@ impl Renderer {
                 model: self.model.clone(),
                 choices: vec![TextChoice {
                     index: 0,
-                    text,
+                    text: answer.content.unwrap_or_default(),
                     logprobs: None,
                     finish_reason: Some(reason.as_str()),
                 }],
@@ -105,28 +135,53 @@ impl Renderer {
                 Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 },
                 None,
                 self.usage_so_far(0),
+                None,
             )),
             Endpoint::Text => None,
         }
     }
 
-    /// A frame carrying generated text; `generated` is the number of tokens so far.
-    pub fn text(&self, text: String, generated: u32) -> Bytes {
+    /// A frame carrying generated text; `generated` is the number of tokens so far, `logprobs`
+    /// those of the tokens it carries.
+    pub fn text(&self, text: String, generated: u32, logprobs: Vec<TokenLogprob>) -> Bytes {
         let usage = self.usage_so_far(generated);
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(
                 Delta {
                     role: None,
                     content: Some(text),
+                    tool_calls: None,
                 },
                 None,
                 usage,
+                self.logprobs_of(logprobs),
             ),
             Endpoint::Text => self.text_chunk(text, None, usage),
         }
+    }
+
+    /// A frame carrying one whole tool call, the `index`-th of the answer.
+    pub fn tool_call(
+        &self,
+        index: u32,
+        call: ToolCall,
+        generated: u32,
+        logprobs: Vec<TokenLogprob>,
+    ) -> Bytes {
+        self.chat_chunk(
+            Delta {
+                role: None,
+                content: None,
+                tool_calls: Some(vec![ToolCallDelta { index, call }]),
+            },
+            None,
+            self.usage_so_far(generated),
+            self.logprobs_of(logprobs),
+        )
     }
 
     /// The usage to put on a chunk with continuous usage stats.
@@ -141,7 +196,12 @@ impl Renderer {
         match self.endpoint {
             Endpoint::Chat => {
                 let running = self.continuous_usage.map(|_| usage);
-                out.extend_from_slice(&self.chat_chunk(Delta::default(), Some(reason), running));
+                out.extend_from_slice(&self.chat_chunk(
+                    Delta::default(),
+                    Some(reason),
+                    running,
+                    None,
+                ));
                 if self.include_usage {
                     out.extend_from_slice(&sse_frame(&ChatCompletionChunk {
                         id: self.id.clone(),
@@ -192,6 +252,7 @@ impl Renderer {
         delta: Delta,
         reason: Option<FinishReason>,
         usage: Option<Usage>,
+        logprobs: Option<ChoiceLogprobs>,
     ) -> Bytes {
         sse_frame(&ChatCompletionChunk {
             id: self.id.clone(),
@@ -201,7 +262,7 @@ impl Renderer {
             choices: vec![ChunkChoice {
                 index: 0,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason: reason.map(FinishReason::as_str),
             }],
             usage: self.include_usage.then_some(usage),
@@ -251,6 +312,13 @@ mod tests {
             .collect()
     }
 
+    fn text(t: &str) -> Answer {
+        Answer {
+            content: Some(t.into()),
+            ..Answer::default()
+        }
+    }
+
     fn chat(include_usage: bool) -> Renderer {
         let mut r = Renderer::new(Endpoint::Chat, "smol".into(), include_usage);
         r.id = "chatcmpl-1".into();
@@ -268,7 +336,7 @@ mod tests {
                    "choices":[{"index":0,"delta":{"role":"assistant","content":""},
                                "logprobs":null,"finish_reason":null}]})
         );
-        let text = frames(&r.text("Par".into(), 1));
+        let text = frames(&r.text("Par".into(), 1, vec![]));
         assert_eq!(text[0]["choices"][0]["delta"], json!({"content":"Par"}));
         assert!(text[0].get("usage").is_none());
         let end = frames(&r.finish(FinishReason::Stop, Usage::new(10, 3)));
@@ -281,7 +349,7 @@ mod tests {
     #[test]
     fn chat_stream_with_usage_chunk() {
         let r = chat(true);
-        let text = frames(&r.text("x".into(), 1));
+        let text = frames(&r.text("x".into(), 1, vec![]));
         assert_eq!(text[0]["usage"], Value::Null);
         let end = frames(&r.finish(FinishReason::Length, Usage::new(10, 3)));
         assert_eq!(end.len(), 3);
@@ -303,7 +371,7 @@ mod tests {
             start[0]["usage"],
             json!({"prompt_tokens":10,"completion_tokens":0,"total_tokens":10})
         );
-        let text = frames(&r.text("x".into(), 2));
+        let text = frames(&r.text("x".into(), 2, vec![]));
         assert_eq!(
             text[0]["usage"],
             json!({"prompt_tokens":10,"completion_tokens":2,"total_tokens":12})
@@ -317,7 +385,7 @@ mod tests {
 
         let mut r = Renderer::new(Endpoint::Text, "smol".into(), true);
         r.continuous_usage = Some(4);
-        let t = frames(&r.text("abc".into(), 1));
+        let t = frames(&r.text("abc".into(), 1, vec![]));
         assert_eq!(t[0]["usage"]["total_tokens"], 5);
     }
 
@@ -326,10 +394,10 @@ mod tests {
         let mut r = Renderer::new(Endpoint::Text, "smol".into(), false);
         r.id = "cmpl-1".into();
         assert!(r.start().is_none());
-        let t = frames(&r.text("abc".into(), 1));
+        let t = frames(&r.text("abc".into(), 1, vec![]));
         assert_eq!(t[0]["object"], "text_completion");
         assert_eq!(t[0]["choices"][0]["text"], "abc");
-        let full = r.response("abc".into(), FinishReason::Stop, Usage::new(2, 1));
+        let full = r.response(text("abc"), FinishReason::Stop, Usage::new(2, 1));
         assert_eq!(full["choices"][0]["finish_reason"], "stop");
         assert_eq!(full["usage"]["total_tokens"], 3);
     }
@@ -337,13 +405,63 @@ mod tests {
     #[test]
     fn chat_response_shape() {
         let r = chat(false);
-        let full = r.response("Paris".into(), FinishReason::Length, Usage::new(5, 1));
+        let full = r.response(text("Paris"), FinishReason::Length, Usage::new(5, 1));
         assert_eq!(full["object"], "chat.completion");
         assert_eq!(
             full["choices"][0]["message"],
             json!({"role":"assistant","content":"Paris"})
         );
         assert_eq!(full["choices"][0]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn tool_calls_and_logprobs() {
+        let mut r = chat(false);
+        r.logprobs = true;
+        let call = ToolCall {
+            id: "call_1".into(),
+            kind: "function",
+            function: crate::api::FunctionCall {
+                name: "get_weather".into(),
+                arguments: r#"{"city": "Paris"}"#.into(),
+            },
+        };
+        let lp = TokenLogprob {
+            token: "{".into(),
+            logprob: -0.5,
+            bytes: b"{".to_vec(),
+            top_logprobs: vec![],
+        };
+        let full = r.response(
+            Answer {
+                content: None,
+                tool_calls: vec![call.clone()],
+                logprobs: vec![lp.clone()],
+            },
+            FinishReason::ToolCalls,
+            Usage::new(5, 1),
+        );
+        assert_eq!(
+            full["choices"][0]["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                   "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]})
+        );
+        assert_eq!(full["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            full["choices"][0]["logprobs"],
+            json!({"content": [{"token": "{", "logprob": -0.5, "bytes": [123], "top_logprobs": []}]})
+        );
+        let f = frames(&r.tool_call(1, call, 3, vec![]));
+        assert_eq!(
+            f[0]["choices"][0]["delta"],
+            json!({"tool_calls": [{"index": 1, "id": "call_1", "type": "function",
+                   "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]})
+        );
+        assert_eq!(f[0]["choices"][0]["logprobs"], json!({"content": []}));
+        // Without logprobs asked for, choices say null.
+        let plain = frames(&chat(false).text("x".into(), 1, vec![]));
+        assert_eq!(plain[0]["choices"][0]["logprobs"], Value::Null);
+        assert!(call_id().starts_with("call_") && call_id().len() == 29);
     }
 
     #[test]

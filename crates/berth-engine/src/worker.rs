@@ -28,11 +28,15 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
+use llguidance::{Matcher, ParserFactory};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::api::{TokenLogprob, TopLogprob};
 use crate::metrics::{Metrics, Outcome};
 use crate::params::{ChatMessage, InvalidRequest, Sampling};
+use crate::template::ToolTemplate;
 use crate::text::{StopMatcher, Utf8Buffer};
+use crate::tools::{self, Tools};
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached or the sequence's context is full.
     Length,
+    /// The answer is tool calls (set by the HTTP layer, which finds them in the text).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -49,6 +55,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -56,9 +63,14 @@ impl FinishReason {
 /// What the decode thread sends back for a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Newly generated text (complete UTF-8, stop strings removed) and the number of tokens
-    /// generated so far.
-    Text(String, u32),
+    /// Newly generated text (complete UTF-8, stop strings removed), the number of tokens
+    /// generated so far, and the log-probabilities of the tokens since the last event (when the
+    /// job asked for them; a token whose text is held back reports with the next event).
+    Text {
+        text: String,
+        generated: u32,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The job finished; no more events follow.
     Done {
         reason: FinishReason,
@@ -70,14 +82,29 @@ pub enum Event {
 }
 
 /// One generation request, ready for the decode thread.
-#[derive(Debug)]
 pub struct Job {
     pub prompt: Vec<LlamaToken>,
     pub sampling: Sampling,
+    /// The grammar the output must follow (compiled with [`Loaded::factory`]).
+    pub grammar: Option<Matcher>,
+    /// `Some(n)`: report each token's log-probability with its `n` most likely alternatives.
+    pub logprobs: Option<u8>,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
     pub arrived: Instant,
     pub events: mpsc::UnboundedSender<Event>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("prompt_tokens", &self.prompt.len())
+            .field("sampling", &self.sampling)
+            .field("constrained", &self.grammar.is_some())
+            .field("logprobs", &self.logprobs)
+            .field("max_tokens", &self.max_tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How to load the model and size the context.
@@ -96,6 +123,10 @@ pub struct Loaded {
     template: LlamaChatTemplate,
     /// Positions available to one sequence (prompt + generated).
     pub n_ctx_seq: u32,
+    /// Compiles output grammars against this model's vocabulary.
+    pub factory: Arc<ParserFactory>,
+    /// The model's own chat template, when it knows tools.
+    tool_template: Option<ToolTemplate>,
     jobs: mpsc::UnboundedSender<Job>,
 }
 
@@ -109,10 +140,32 @@ impl std::fmt::Debug for Loaded {
 
 impl Loaded {
     /// Renders chat messages with the model's own chat template (ChatML if it has none).
-    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, InvalidRequest> {
-        let chat = messages
+    /// A conversation with tools or tool turns goes through the GGUF's Jinja template when that
+    /// knows tools; otherwise tools, earlier calls and tool results are written into the turns
+    /// as text ([`tools::plain_turns`]), since llama.cpp's built-in templates cannot.
+    pub fn chat_prompt(
+        &self,
+        messages: &[ChatMessage],
+        tools: &Tools,
+    ) -> Result<String, InvalidRequest> {
+        let tool_turns = messages
             .iter()
-            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+        if let Some(t) = self
+            .tool_template
+            .as_ref()
+            .filter(|_| tools.active() || tool_turns)
+        {
+            match t.render(messages, tools) {
+                Ok(prompt) => return Ok(prompt),
+                Err(e) => {
+                    tracing::debug!(error = %e, "chat template failed; using the fallback tool prompt")
+                }
+            }
+        }
+        let chat = tools::plain_turns(messages, tools)
+            .into_iter()
+            .map(|(role, content)| LlamaChatMessage::new(role, content))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| InvalidRequest::new("messages", e.to_string()))?;
         self.model
@@ -207,11 +260,33 @@ fn run_thread(
         load_secs = started.elapsed().as_secs_f64(),
         "model loaded and warmed up"
     );
+    let factory = match grammar_factory(&model) {
+        Ok(f) => Arc::new(f),
+        Err(e) => return fail(ready, format!("cannot prepare constrained decoding: {e}")),
+    };
+    let tool_template = template.to_string().ok().and_then(|source| {
+        let vocab = model.vocab();
+        let text = |t: LlamaToken| {
+            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+        };
+        ToolTemplate::new(&source, text(vocab.bos()), text(vocab.eos()))
+    });
+    tracing::info!(
+        tool_template = tool_template.is_some(),
+        "tools are rendered by {}",
+        if tool_template.is_some() {
+            "the model's chat template"
+        } else {
+            "berth's fallback prompt"
+        }
+    );
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let loaded = Loaded {
         model: model.clone(),
         template,
         n_ctx_seq,
+        factory,
+        tool_template,
         jobs: jobs_tx,
     };
     if ready.send(Ok(loaded)).is_err() {
@@ -227,6 +302,14 @@ fn run_thread(
     );
     batcher.run(jobs_rx);
     Ok(())
+}
+
+/// The llguidance parser factory over the model's vocabulary (built once: it walks every token).
+fn grammar_factory(model: &LlamaModel) -> Result<ParserFactory, String> {
+    let env = LlamaSampler::llguidance_tok_env(model);
+    let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+    factory.quiet();
+    Ok(factory)
 }
 
 /// One real generation step, so that `/health` says 200 only when decoding works.
@@ -268,6 +351,8 @@ struct Slot {
     utf8: Utf8Buffer,
     stop: StopMatcher,
     last_token_at: Option<Instant>,
+    /// Log-probabilities not yet sent (their text is held back).
+    logprobs: Vec<TokenLogprob>,
 }
 
 struct Batcher<'m> {
@@ -366,8 +451,10 @@ impl<'m> Batcher<'m> {
             self.metrics
                 .prompt_tokens
                 .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+            let mut job = job;
             let sampler = build_sampler(
                 &job.sampling,
+                job.grammar.take(),
                 self.model.n_vocab(),
                 self.n_ctx_seq,
                 &self.eog,
@@ -385,6 +472,7 @@ impl<'m> Batcher<'m> {
                 utf8: Utf8Buffer::default(),
                 stop,
                 last_token_at: None,
+                logprobs: Vec::new(),
             });
         }
         self.metrics.set_active(self.active());
@@ -466,6 +554,12 @@ impl<'m> Batcher<'m> {
         let token = slot.sampler.sample(&self.ctx, at);
         let now = Instant::now();
         let vocab = self.model.vocab();
+        if let Some(top) = slot.job.logprobs.filter(|_| !vocab.is_eog(token)) {
+            let logits = self.ctx.get_logits_ith(at);
+            let piece = |t: LlamaToken| vocab.token_to_piece(t, true, None);
+            slot.logprobs
+                .push(token_logprob(logits, token.0 as usize, top as usize, piece));
+        }
         if vocab.is_eog(token) {
             self.finish(i, FinishReason::Stop);
             return;
@@ -490,7 +584,11 @@ impl<'m> Batcher<'m> {
             && slot
                 .job
                 .events
-                .send(Event::Text(step.emit, slot.generated))
+                .send(Event::Text {
+                    text: step.emit,
+                    generated: slot.generated,
+                    logprobs: std::mem::take(&mut slot.logprobs),
+                })
                 .is_err()
         {
             self.release(i, Outcome::Cancelled);
@@ -522,8 +620,12 @@ impl<'m> Batcher<'m> {
         self.metrics
             .request_duration
             .observe(slot.job.arrived.elapsed().as_secs_f64());
-        if !rest.emit.is_empty() {
-            let _ = slot.job.events.send(Event::Text(rest.emit, slot.generated));
+        if !rest.emit.is_empty() || !slot.logprobs.is_empty() {
+            let _ = slot.job.events.send(Event::Text {
+                text: rest.emit,
+                generated: slot.generated,
+                logprobs: std::mem::take(&mut slot.logprobs),
+            });
         }
         let reason = if stopped { FinishReason::Stop } else { reason };
         let _ = slot.job.events.send(Event::Done {
@@ -556,11 +658,22 @@ impl<'m> Batcher<'m> {
     }
 }
 
-/// One sampler chain per sequence: penalties, then greedy or top-k / top-p / min-p /
-/// temperature / random draw.
-fn build_sampler(s: &Sampling, n_vocab: i32, n_ctx_seq: u32, eog: &[LlamaToken]) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(7);
-    if s.ignore_eos && !eog.is_empty() {
+/// One sampler chain per sequence: the grammar mask (llguidance) first, penalties, then greedy
+/// or top-k / top-p / min-p / temperature / random draw.
+fn build_sampler(
+    s: &Sampling,
+    grammar: Option<Matcher>,
+    n_vocab: i32,
+    n_ctx_seq: u32,
+    eog: &[LlamaToken],
+) -> LlamaSampler {
+    let mut chain = Vec::with_capacity(8);
+    // A grammar ends with end-of-sequence once it is complete, so `ignore_eos` cannot apply.
+    let constrained = grammar.is_some();
+    if let Some(m) = grammar {
+        chain.push(LlamaSampler::from(m));
+    }
+    if s.ignore_eos && !constrained && !eog.is_empty() {
         let bans: Vec<_> = eog
             .iter()
             .map(|t| LlamaLogitBias::new(*t, f32::NEG_INFINITY))
@@ -593,4 +706,72 @@ fn build_sampler(s: &Sampling, n_vocab: i32, n_ctx_seq: u32, eog: &[LlamaToken])
         chain.push(LlamaSampler::dist(s.seed.unwrap_or(u32::MAX)));
     }
     LlamaSampler::chain(chain, true)
+}
+
+/// The log-probability of `token` and the `top` most likely tokens, from the model's raw
+/// logits at that step: a log-softmax before penalties, the grammar mask and temperature (the
+/// model's own distribution, as OpenAI and vLLM report it).
+pub fn token_logprob(
+    logits: &[f32],
+    token: usize,
+    top: usize,
+    piece: impl Fn(LlamaToken) -> Vec<u8>,
+) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let lp = |i: usize| (logits[i] - lse).min(0.0);
+    let entry = |i: usize| {
+        let bytes = piece(LlamaToken(i as i32));
+        TopLogprob {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            logprob: lp(i),
+            bytes,
+        }
+    };
+    // Top `top` by logit: a bounded insertion pass (top <= 5).
+    let mut best: Vec<usize> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > logits[best[best.len() - 1]] {
+                let at = best.partition_point(|&j| logits[j] >= l);
+                best.insert(at, i);
+                best.truncate(top);
+            }
+        }
+    }
+    let chosen = entry(token);
+    TokenLogprob {
+        token: chosen.token,
+        logprob: chosen.logprob,
+        bytes: chosen.bytes,
+        top_logprobs: best.into_iter().map(entry).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_sorted_alternatives() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        let piece = |t: LlamaToken| format!("t{}", t.0).into_bytes();
+        let lp = token_logprob(&logits, 2, 3, piece);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((lp.logprob - (2.0f32.exp() / z).ln()).abs() < 1e-5);
+        assert_eq!(lp.token, "t2");
+        assert_eq!(lp.bytes, b"t2");
+        let tops: Vec<&str> = lp.top_logprobs.iter().map(|t| t.token.as_str()).collect();
+        assert_eq!(tops, ["t1", "t3", "t2"]);
+        assert!(lp
+            .top_logprobs
+            .windows(2)
+            .all(|w| w[0].logprob >= w[1].logprob));
+        let total: f32 = (0..5)
+            .map(|i| token_logprob(&logits, i, 0, piece).logprob.exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!(token_logprob(&logits, 4, 0, piece).top_logprobs.is_empty());
+    }
 }

@@ -57,6 +57,7 @@ impl Gateway {
     ) -> Result<GatewayResponse, GatewayError> {
         let req: GenerationRequest = parse(&body)?;
         let (format, incremental) = validate(&req)?;
+        let want_logprobs = req.parameters.logprobs == Some(true);
         let upstream = serde_json::to_vec(&to_chat(&req, stream))
             .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
         let Dispatched {
@@ -84,6 +85,8 @@ impl Gateway {
                     incremental,
                     next_id: 0,
                     text: String::new(),
+                    tool_calls: Vec::new(),
+                    logprobs: want_logprobs.then(Vec::new),
                     output_tokens: 0,
                     upstream_usage: None,
                     finish: None,
@@ -111,8 +114,15 @@ impl Gateway {
         let finish = choice
             .and_then(|c| c.finish_reason.as_deref())
             .unwrap_or("stop");
+        let mut calls = choice
+            .and_then(|c| c.message.tool_calls.clone())
+            .unwrap_or_default();
+        with_indexes(&mut calls, 0);
+        let logprobs = choice
+            .and_then(|c| c.logprobs.as_ref())
+            .filter(|_| want_logprobs);
         let out = GenerationResponse {
-            output: output(format, text, finish),
+            output: output(format, text, finish, &calls, logprobs),
             usage: GenerationUsage::new(u.prompt_tokens, u.completion_tokens),
             request_id,
         };
@@ -179,6 +189,38 @@ fn validate(req: &GenerationRequest) -> Result<(Format, bool), GatewayError> {
             return bad("Required parameter(parameters.stop) missing or invalid, please check the request parameters.");
         }
     }
+    if p.max_completion_tokens.is_some_and(|m| m < 1) {
+        return bad("Range of max_completion_tokens should be [1, 2147483647]");
+    }
+    if p.n.is_some_and(|n| n != 1) {
+        return bad("The n parameter must be 1: berth generates one answer per request.");
+    }
+    if p.top_logprobs.is_some_and(|n| !(0..=5).contains(&n)) {
+        return bad("Range of top_logprobs should be [0, 5]");
+    }
+    for (name, on) in [
+        ("enable_search", p.enable_search),
+        ("enable_code_interpreter", p.enable_code_interpreter),
+        ("enable_thinking", p.enable_thinking),
+    ] {
+        if on == Some(true) {
+            return Err(GatewayError::InvalidParameter(format!(
+                "The {name} parameter is not supported by this deployment; leave it unset or false."
+            )));
+        }
+    }
+    if format == Format::Text {
+        let has_tools = p
+            .tools
+            .as_ref()
+            .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()));
+        if has_tools {
+            return bad("The tools parameter requires result_format \"message\".");
+        }
+        if p.logprobs == Some(true) {
+            return bad("The logprobs parameter requires result_format \"message\".");
+        }
+    }
     Ok((format, p.incremental_output.unwrap_or(false)))
 }
 
@@ -206,14 +248,26 @@ fn to_chat(req: &GenerationRequest, stream: bool) -> ChatRequest<'_> {
         top_p: p.top_p,
         top_k: p.top_k,
         seed: p.seed,
-        max_tokens: p.max_tokens,
+        max_tokens: p.max_completion_tokens.or(p.max_tokens),
         stop: p.stop.clone(),
         repetition_penalty: p.repetition_penalty,
         presence_penalty: p.presence_penalty,
+        tools: p.tools.clone(),
+        tool_choice: p.tool_choice.clone(),
+        parallel_tool_calls: p.parallel_tool_calls,
+        response_format: p.response_format.clone(),
+        logprobs: p.logprobs,
+        top_logprobs: p.top_logprobs,
     }
 }
 
-fn output<'a>(format: Format, text: &'a str, finish_reason: &'a str) -> Output<'a> {
+fn output<'a>(
+    format: Format,
+    text: &'a str,
+    finish_reason: &'a str,
+    tool_calls: &'a [serde_json::Value],
+    logprobs: Option<&'a serde_json::Value>,
+) -> Output<'a> {
     match format {
         Format::Text => Output::Text {
             text,
@@ -225,9 +279,61 @@ fn output<'a>(format: Format, text: &'a str, finish_reason: &'a str) -> Output<'
                 message: OutputMessage {
                     role: "assistant",
                     content: text,
+                    tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
                 },
+                logprobs,
             }],
         },
+    }
+}
+
+/// Folds OpenAI tool-call deltas into the calls so far: a delta with the `index` of a known
+/// call continues it (its `arguments` are appended, `id` and `name` filled in), any other
+/// starts a new call. `berth engine` sends each call whole; other servers send pieces.
+fn merge_calls(calls: &mut Vec<serde_json::Value>, deltas: Vec<serde_json::Value>) {
+    use serde_json::Value;
+    for d in deltas {
+        let index = d.get("index").cloned();
+        let known = index
+            .as_ref()
+            .and_then(|i| calls.iter_mut().find(|c| c.get("index") == Some(i)));
+        let Some(call) = known else {
+            calls.push(d);
+            continue;
+        };
+        for key in ["id", "type"] {
+            if let Some(v) = d.get(key).filter(|v| !v.is_null()) {
+                call[key] = v.clone();
+            }
+        }
+        let Some(f) = d.get("function") else { continue };
+        if !call.get("function").is_some_and(Value::is_object) {
+            call["function"] = serde_json::json!({});
+        }
+        if let Some(name) = f
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            call["function"]["name"] = name.into();
+        }
+        if let Some(piece) = f.get("arguments").and_then(Value::as_str) {
+            let mut args = call["function"]["arguments"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            args.push_str(piece);
+            call["function"]["arguments"] = args.into();
+        }
+    }
+}
+
+/// Native tool calls carry their position (`index`); OpenAI whole answers leave it out.
+fn with_indexes(calls: &mut [serde_json::Value], first: usize) {
+    for (i, c) in calls.iter_mut().enumerate() {
+        if let Some(o) = c.as_object_mut() {
+            o.entry("index").or_insert_with(|| (first + i).into());
+        }
     }
 }
 
@@ -252,6 +358,10 @@ struct NativeStream {
     next_id: u64,
     /// The full text so far (`incremental_output: false`) or the delta not yet sent (`true`).
     text: String,
+    /// Tool calls: all so far (`incremental_output: false`) or those not yet sent (`true`).
+    tool_calls: Vec<serde_json::Value>,
+    /// Log-probability entries, kept like `text` (`None`: not asked for).
+    logprobs: Option<Vec<serde_json::Value>>,
     output_tokens: u64,
     upstream_usage: Option<Usage>,
     /// Set by the chunk that carries `finish_reason`; the last event waits for the usage chunk
@@ -275,7 +385,7 @@ impl NativeStream {
         if let Some(u) = chunk.usage {
             self.upstream_usage = Some(u);
         }
-        match chunk.choices.first() {
+        match chunk.choices.into_iter().next() {
             Some(choice) => {
                 let delta = choice.delta.content.as_deref().unwrap_or("");
                 if !delta.is_empty() {
@@ -283,12 +393,26 @@ impl NativeStream {
                     self.usage.saw_chunks(1);
                     self.text.push_str(delta);
                 }
+                let mut news = !delta.is_empty();
+                if let Some(calls) = choice.delta.tool_calls.filter(|c| !c.is_empty()) {
+                    if self.incremental {
+                        self.tool_calls.extend(calls);
+                    } else {
+                        merge_calls(&mut self.tool_calls, calls);
+                    }
+                    news = true;
+                }
+                if let (Some(all), Some(lp)) = (self.logprobs.as_mut(), choice.logprobs) {
+                    if let Some(entries) = lp.get("content").and_then(|c| c.as_array()) {
+                        all.extend(entries.iter().cloned());
+                    }
+                }
                 if let Some(reason) = &choice.finish_reason {
                     self.finish = Some(reason.clone());
                     if self.upstream_usage.is_some() {
                         self.finish_stream(out);
                     }
-                } else if !delta.is_empty() {
+                } else if news {
                     self.write_result(out, "null");
                 }
             }
@@ -327,8 +451,18 @@ impl NativeStream {
         let (input, output_tokens) = self.upstream_usage.map_or((0, self.output_tokens), |u| {
             (u.prompt_tokens, u.completion_tokens)
         });
+        let logprobs = self
+            .logprobs
+            .as_ref()
+            .map(|c| serde_json::json!({ "content": c }));
         let event = GenerationResponse {
-            output: output(self.format, &self.text, finish_reason),
+            output: output(
+                self.format,
+                &self.text,
+                finish_reason,
+                &self.tool_calls,
+                logprobs.as_ref(),
+            ),
             usage: GenerationUsage::new(input, output_tokens),
             request_id: &self.request_id,
         };
@@ -342,6 +476,10 @@ impl NativeStream {
         out.extend_from_slice(b"\n\n");
         if self.incremental {
             self.text.clear();
+            self.tool_calls.clear();
+            if let Some(l) = self.logprobs.as_mut() {
+                l.clear();
+            }
         }
     }
 
@@ -472,6 +610,90 @@ mod tests {
         }
         let m = r#"{"model":"m","input":{"messages":[{"role":"user","content":"x"}]},"parameters":{"result_format":"message","incremental_output":true,"temperature":0,"top_p":1}}"#;
         assert_eq!(req(m).unwrap(), (Format::Message, true));
+    }
+
+    #[test]
+    fn unsupported_and_message_only_parameters_are_refused() {
+        let cases = [
+            (r#"{"n":2}"#, "The n parameter"),
+            (
+                r#"{"top_logprobs":6,"result_format":"message"}"#,
+                "top_logprobs",
+            ),
+            (r#"{"enable_search":true}"#, "enable_search"),
+            (r#"{"enable_thinking":true}"#, "enable_thinking"),
+            (
+                r#"{"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+                "requires result_format",
+            ),
+            (r#"{"logprobs":true}"#, "requires result_format"),
+            (r#"{"max_completion_tokens":0}"#, "max_completion_tokens"),
+        ];
+        for (params, want) in cases {
+            let body = format!(r#"{{"model":"m","input":{{"prompt":"x"}},"parameters":{params}}}"#);
+            let err = req(&body).unwrap_err();
+            assert!(err.message().contains(want), "{params}: {}", err.message());
+        }
+        let ok = r#"{"model":"m","input":{"prompt":"x"},"parameters":{"result_format":"message","n":1,
+            "tools":[{"type":"function","function":{"name":"f"}}],"logprobs":true,"top_logprobs":5,"enable_search":false}}"#;
+        assert!(req(ok).is_ok());
+    }
+
+    #[test]
+    fn tool_and_structure_fields_reach_the_replica_unchanged() {
+        let body = br#"{"model":"m","input":{"messages":[{"role":"user","content":"hi"},
+            {"role":"assistant","content":"","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","content":"42","tool_call_id":"call_1"}]},
+            "parameters":{"result_format":"message","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],
+            "tool_choice":{"type":"function","function":{"name":"f"}},"parallel_tool_calls":false,
+            "response_format":{"type":"json_object"},"logprobs":true,"top_logprobs":2,"max_completion_tokens":9}}"#;
+        let r = parse(body).unwrap();
+        let v = serde_json::to_value(to_chat(&r, false)).unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for key in [
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+            "logprobs",
+            "top_logprobs",
+        ] {
+            assert_eq!(v[key], raw["parameters"][key], "{key}");
+        }
+        assert_eq!(v["max_tokens"], 9);
+        assert_eq!(v["messages"], raw["input"]["messages"]);
+    }
+
+    #[test]
+    fn streamed_call_pieces_merge_by_index() {
+        use serde_json::json;
+        let mut calls = Vec::new();
+        merge_calls(
+            &mut calls,
+            vec![
+                json!({"index":0,"id":"c0","type":"function","function":{"name":"f","arguments":"{\"a\""}}),
+            ],
+        );
+        merge_calls(
+            &mut calls,
+            vec![
+                json!({"index":0,"function":{"arguments":": 1}"}}),
+                json!({"index":1,"id":"c1","function":{"name":"g","arguments":"{}"}}),
+            ],
+        );
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            calls[0]["function"],
+            json!({"name":"f","arguments":"{\"a\": 1}"})
+        );
+        assert_eq!(calls[0]["id"], "c0");
+        assert_eq!(calls[1]["function"]["name"], "g");
+        let mut whole = vec![json!({"id":"a"}), json!({"id":"b","index":7})];
+        with_indexes(&mut whole, 0);
+        assert_eq!(
+            (whole[0]["index"].clone(), whole[1]["index"].clone()),
+            (json!(0), json!(7))
+        );
     }
 
     #[test]
