@@ -314,7 +314,7 @@ async fn generate(
     let job = Job {
         prompt: tokens,
         sampling: options.sampling,
-        grammar,
+        grammar: grammar.map(Box::new),
         logprobs,
         max_tokens: options.max_tokens,
         stop: options.stop,

@@ -487,14 +487,22 @@ mod tests {
         assert_eq!(p.logprobs, Some(5));
         let p = chat_json(base(json!({"logprobs": true}))).unwrap();
         assert_eq!(p.logprobs, Some(0));
-        assert_eq!(chat_json(base(json!({"logprobs": false}))).unwrap().logprobs, None);
+        assert_eq!(
+            chat_json(base(json!({"logprobs": false})))
+                .unwrap()
+                .logprobs,
+            None
+        );
         let cases = [
             (json!({"logprobs": true, "top_logprobs": 6}), "top_logprobs"),
             (json!({"top_logprobs": 2}), "top_logprobs"),
             (json!({"functions": [{"name": "f"}]}), "functions"),
             (json!({"function_call": "auto"}), "function_call"),
             (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
-            (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
+            (
+                json!({"response_format": {"type": "yaml"}}),
+                "response_format.type",
+            ),
             (json!({"tool_choice": "required"}), "tool_choice"),
         ];
         for (extra, param) in cases {
@@ -509,14 +517,19 @@ mod tests {
                 {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"Paris\"}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}))
         .unwrap();
-        assert_eq!(p.messages[1].tool_calls[0].arguments, r#"{"city": "Paris"}"#);
+        assert_eq!(
+            p.messages[1].tool_calls[0].arguments,
+            r#"{"city": "Paris"}"#
+        );
         assert_eq!(p.messages[2].tool_call_id.as_deref(), Some("call_1"));
         let err = chat_json(json!({"messages": [{"role": "user", "content": "x"},
             {"role": "tool", "content": "sunny"}]}))
         .unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages[1].tool_call_id"));
-        let err = chat_json(json!({"messages": [{"role": "user", "content": "x", "tool_calls": [
-            {"function": {"name": "w"}}]}]}))
+        let err = chat_json(
+            json!({"messages": [{"role": "user", "content": "x", "tool_calls": [
+            {"function": {"name": "w"}}]}]}),
+        )
         .unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages[0].tool_calls"));
     }

@@ -86,7 +86,7 @@ pub struct Job {
     pub prompt: Vec<LlamaToken>,
     pub sampling: Sampling,
     /// The grammar the output must follow (compiled with [`Loaded::factory`]).
-    pub grammar: Option<Matcher>,
+    pub grammar: Option<Box<Matcher>>,
     /// `Some(n)`: report each token's log-probability with its `n` most likely alternatives.
     pub logprobs: Option<u8>,
     pub max_tokens: Option<u32>,
@@ -180,8 +180,8 @@ impl Loaded {
     }
 
     /// Hands a job to the decode thread; gives it back if that thread is gone.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.jobs.send(job).map_err(|e| e.0)
+    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
+        self.jobs.send(job).map_err(|e| Box::new(e.0))
     }
 }
 
@@ -662,7 +662,7 @@ impl<'m> Batcher<'m> {
 /// or top-k / top-p / min-p / temperature / random draw.
 fn build_sampler(
     s: &Sampling,
-    grammar: Option<Matcher>,
+    grammar: Option<Box<Matcher>>,
     n_vocab: i32,
     n_ctx_seq: u32,
     eog: &[LlamaToken],
@@ -671,7 +671,7 @@ fn build_sampler(
     // A grammar ends with end-of-sequence once it is complete, so `ignore_eos` cannot apply.
     let constrained = grammar.is_some();
     if let Some(m) = grammar {
-        chain.push(LlamaSampler::from(m));
+        chain.push(LlamaSampler::from(*m));
     }
     if s.ignore_eos && !constrained && !eog.is_empty() {
         let bans: Vec<_> = eog
