@@ -74,3 +74,33 @@ def test_watch_follows_changes_until_the_deployment_is_gone(berth_factory):
     everything.terminate()
     all_out, _ = everything.communicate(timeout=10)
     assert '"type":"deleted"' in all_out.replace(" ", ""), all_out
+
+
+def test_logs_show_replica_output_and_follow_new_replicas(berth_factory):
+    s = berth_factory(stub_config(start_delay_ms=100))
+    r = s.api("POST", "/api/v1/deployments", json={"model_name": "stub-model", "capacity": 1, "suffix": "log"})
+    name = r.json()["output"]["deployed_model"]
+    s.wait_status(name, "RUNNING", ready=1)
+    env = {"PATH": os.environ["PATH"], "DASHSCOPE_HTTP_BASE_URL": s.base + "/api/v1", "DASHSCOPE_API_KEY": s.key}
+    wait_for(lambda: "stub engine listening" in subprocess.run([BERTH_BIN, "d", "logs", name], env=env,
+                                                                capture_output=True, text=True).stdout,
+             timeout=10, what="the replica's first line")
+    once = subprocess.run([BERTH_BIN, "d", "logs", name], env=env, capture_output=True, text=True, timeout=30)
+    assert once.returncode == 0
+    [line] = [l for l in once.stdout.splitlines() if "stub engine listening" in l]
+    assert line.startswith(f"[{name}-"), line
+
+    follower = subprocess.Popen([BERTH_BIN, "d", "logs", name, "--follow", "--lines", "5"], env=env,
+                                stdout=subprocess.PIPE, text=True)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+    reader.start()
+    s.api("PUT", f"/api/v1/deployments/{name}/scale", json={"capacity": 2})
+    s.wait_status(name, "RUNNING", ready=2)
+    wait_for(lambda: len({l.split("]")[0] for l in lines if "stub engine listening" in l}) == 2, timeout=15,
+             what="the new replica's output on the followed stream")
+    s.api("DELETE", f"/api/v1/deployments/{name}")
+    assert follower.wait(timeout=30) == 0, "follow ends once the deployment is gone"
+
+    bad = subprocess.run([BERTH_BIN, "d", "logs", name, "--lines", "0"], env=env, capture_output=True, text=True)
+    assert bad.returncode in (2, 4), bad.stderr

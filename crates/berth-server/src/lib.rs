@@ -193,6 +193,7 @@ pub async fn serve(
         gateway,
         quotas: state::Quotas::new(config.quota.clone()),
         events,
+        replica_logs: config.data_dir.join("replicas"),
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -21,6 +21,7 @@ use crate::routes::deployments;
         deployments::delete,
         deployments::stream,
         deployments::workspace_events,
+        deployments::logs,
     ),
     modifiers(&BearerAuth),
     security(("api_key" = [])),

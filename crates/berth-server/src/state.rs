@@ -26,6 +26,8 @@ pub struct AppInner {
     pub quotas: Quotas,
     /// What the reconciler sees change, for the event streams.
     pub events: berth_control::EventHub,
+    /// Where replicas' log files are (`<replica id>.log`).
+    pub replica_logs: std::path::PathBuf,
 }
 
 /// Per-workspace quotas, and the lock that makes a quota check and the write it allows one step
@@ -65,6 +67,7 @@ impl AppState {
             gateway,
             quotas: Quotas::default(),
             events: berth_control::EventHub::default(),
+            replica_logs: std::path::PathBuf::new(),
         })
     }
 }

@@ -85,6 +85,16 @@ enum Command {
     /// Follow live changes of one deployment (until it is deleted) or, without an ID, of every
     /// deployment of the workspace.
     Watch { id: Option<String> },
+    /// What a deployment's replicas wrote (stdout and stderr), each line marked with its replica.
+    Logs {
+        id: String,
+        /// Keep following new output until the deployment is gone.
+        #[arg(short, long)]
+        follow: bool,
+        /// Recent lines of each replica to start with.
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
+    },
     /// Wait until a deployment is RUNNING (or gone).
     Wait {
         id: String,
@@ -218,6 +228,7 @@ pub async fn run(args: DeploymentsArgs) -> Result<(), Failure> {
         }
         Command::Wait { id, goal, timeout } => wait_for(&client, &id, goal, timeout, out).await?,
         Command::Watch { id } => watch(&client, id.as_deref(), out).await?,
+        Command::Logs { id, follow, lines } => logs(&client, &id, follow, lines).await?,
     }
     Ok(())
 }
@@ -299,6 +310,35 @@ async fn wait_for(
         eprintln!("{id}: {what} after {:.1}s", started.elapsed().as_secs_f64());
     }
     result
+}
+
+/// Copies a deployment's log lines to stdout as they come.
+async fn logs(client: &Client, id: &str, follow: bool, lines: u32) -> Result<(), Failure> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let url = format!(
+        "{}/deployments/{id}/logs?lines={lines}&follow={follow}",
+        client.base
+    );
+    let resp = client
+        .request(Method::GET, &url)
+        .send()
+        .await
+        .map_err(|e| Failure::new(exit::SERVER, format!("cannot reach berth: {e}")))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        return Err(crate::client::failure_of(status, &json, &text));
+    }
+    let mut body = resp.bytes_stream();
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Failure::new(exit::SERVER, format!("stream broke: {e}")))?;
+        let _ = stdout.write_all(&chunk);
+        let _ = stdout.flush();
+    }
+    Ok(())
 }
 
 /// Prints each event of a deployment's (or the workspace's) event stream as it comes.

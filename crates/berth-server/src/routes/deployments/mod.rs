@@ -4,6 +4,7 @@ mod create;
 mod delete;
 mod get;
 mod list;
+mod logs;
 mod models;
 mod scale;
 mod stream;
@@ -22,6 +23,7 @@ pub use create::__path_create;
 pub use delete::__path_delete;
 pub use get::__path_get;
 pub use list::__path_list;
+pub use logs::__path_logs;
 pub use models::__path_models;
 pub use scale::__path_scale;
 pub use stream::{__path_stream, __path_workspace_events};
@@ -60,6 +62,7 @@ pub fn router() -> Router<AppState> {
             get(stream::stream),
         )
         .route("/api/v1/events", get(stream::workspace_events))
+        .route("/api/v1/deployments/{deployed_model}/logs", get(logs::logs))
 }
 
 /// Validated paging: page number from 1, page size 1..=200.
