@@ -74,7 +74,7 @@ class BerthServer:
     """A running `berth serve` with its own data dir, port and bootstrap key."""
 
     def __init__(self, config: str | None = None, env: dict | None = None, models_dir: str = MODELS_DIR,
-                 data_dir: str | None = None, key: str | None = None):
+                 data_dir: str | None = None, key: str | None = None, fd_limit: int | None = None):
         self.dir = tempfile.TemporaryDirectory(prefix="berth-e2e-")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -90,7 +90,13 @@ class BerthServer:
         full_env.update(env or {})
         self.log_path = Path(self.dir.name) / "berth.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        def limit_fds():
+            # `ulimit -n` for berth alone (soft and hard), as a constrained host would set it.
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+        self.proc = subprocess.Popen(args, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit_fds if fd_limit else None)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
