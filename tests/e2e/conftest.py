@@ -116,7 +116,7 @@ class BerthServer:
     """A running `berth serve` with its own data dir, port and bootstrap key."""
 
     def __init__(self, config: str | None = None, env: dict | None = None, models_dir: str = MODELS_DIR,
-                 data_dir: str | None = None, key: str | None = None):
+                 data_dir: str | None = None, key: str | None = None, fd_limit: int | None = None):
         self.dir = tempfile.TemporaryDirectory(prefix="berth-e2e-")
         self.data_dir = data_dir or str(Path(self.dir.name) / "data")
         self.port = free_port()
@@ -133,7 +133,13 @@ class BerthServer:
         full_env.update(env or {})
         self.log_path = Path(self.dir.name) / "berth.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        def limit_fds():
+            # `ulimit -n` for berth alone (soft and hard), as a constrained host would set it.
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+        self.proc = subprocess.Popen(args, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit_fds if fd_limit else None)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:

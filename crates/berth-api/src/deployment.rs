@@ -87,34 +87,53 @@ pub struct DeploymentsPage {
 /// `capacity` is kept as raw JSON so that a non-integer gets the upstream capacity message.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateDeploymentRequest {
+    /// A model of the catalog (`GET /api/v1/deployments/models`).
+    #[schema(min_length = 1, max_length = 64)]
     pub model_name: String,
-    #[schema(value_type = Option<i64>)]
+    /// Capacity units: a multiple of the model's `base_capacity`, below 1000.
+    #[schema(value_type = i64, required = true, minimum = 0, maximum = 999)]
     pub capacity: Option<serde_json::Value>,
+    /// Appended to `model_name` (with `-`) to make `deployed_model`.
+    #[schema(pattern = "^[a-z0-9]{1,8}$")]
     pub suffix: Option<String>,
+    /// A display name, up to 128 characters.
+    #[schema(max_length = 128)]
     pub name: Option<String>,
     /// `mu` or absent.
+    #[schema(pattern = "^mu$")]
     pub plan: Option<String>,
-    /// Model-unit spec for `plan: mu`, e.g. `MU1`.
+    /// Model-unit spec for `plan: mu`, e.g. `MU1`; up to 64 characters.
+    #[schema(max_length = 64)]
     pub deploy_spec: Option<String>,
+    /// At most the model's `context_length`.
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    #[serde(default, deserialize_with = "crate::integer::integer")]
     pub max_context_length: Option<u32>,
     pub enable_thinking: Option<bool>,
+    #[schema(minimum = 1, maximum = 1000000000000_u64)]
+    #[serde(default, deserialize_with = "crate::integer::integer")]
     pub rpm_limit: Option<u64>,
+    #[schema(minimum = 1, maximum = 1000000000000_u64)]
+    #[serde(default, deserialize_with = "crate::integer::integer")]
     pub tpm_limit: Option<u64>,
 }
 
 /// Body of `PUT /api/v1/deployments/{deployed_model}/scale`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ScaleRequest {
-    #[schema(value_type = Option<i64>)]
+    /// Capacity units: a multiple of the model's `base_capacity`, below 1000.
+    #[schema(value_type = i64, required = true, minimum = 0, maximum = 999)]
     pub capacity: Option<serde_json::Value>,
 }
 
 /// Body of `PUT /api/v1/deployments/{deployed_model}/update`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateRequest {
-    #[schema(value_type = Option<i64>)]
+    /// Requests per minute; null or absent leaves it as it is. At least one limit is given.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000000000_u64)]
     pub rpm_limit: Option<serde_json::Value>,
-    #[schema(value_type = Option<i64>)]
+    /// Tokens per minute; null or absent leaves it as it is.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000000000_u64)]
     pub tpm_limit: Option<serde_json::Value>,
 }
 
@@ -122,9 +141,9 @@ pub struct UpdateRequest {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 pub struct PageQuery {
     /// Page number, from 1.
-    #[param(value_type = Option<u64>)]
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
     pub page_no: Option<String>,
     /// Items per page, 1 to 200.
-    #[param(value_type = Option<u64>)]
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 200)]
     pub page_size: Option<String>,
 }

@@ -38,11 +38,11 @@ pub struct Parameters {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub top_p: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::integer")]
     pub top_k: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::integer")]
     pub seed: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::integer")]
     pub max_tokens: Option<i64>,
     /// A string, a list of strings, or token ids.
     #[serde(default)]

@@ -6,4 +6,5 @@ pub mod catalog;
 pub mod deployment;
 pub mod envelope;
 pub mod generation;
+pub mod integer;
 pub mod openai;

@@ -11,7 +11,10 @@ pub enum GatewayError {
     #[error("{0}")]
     InvalidParameter(String),
     /// No deployment of that name in the caller's workspace.
-    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    #[error(
+        "The model `{}` does not exist or you do not have access to it.",
+        berth_core::deployment::shorten(.0)
+    )]
     ModelNotFound(String),
     /// The deployment exists but no replica became ready within the hold time, or its wait
     /// queue is full.

@@ -18,9 +18,32 @@ async fn served_document_lists_every_route() {
         "/api/v1/deployments/{deployed_model}",
         "/api/v1/deployments/{deployed_model}/scale",
         "/api/v1/deployments/{deployed_model}/update",
+        "/api/v1/services/aigc/text-generation/generation",
+        "/compatible-mode/v1/chat/completions",
+        "/compatible-mode/v1/models",
+        "/healthz",
+        "/openapi.json",
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
+    // Every authenticated operation documents the answers of authentication, and the bound
+    // that depends on the catalog is this node's (the test catalog's models have 2048).
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            if op.get("security").is_none() {
+                for status in ["401", "403"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path}: no {status}"
+                    );
+                }
+            }
+        }
+    }
+    let ctx = &doc["components"]["schemas"]["CreateDeploymentRequest"]["properties"]
+        ["max_context_length"]["maximum"];
+    assert_eq!(ctx, 2048);
 }
 
 /// `docs/openapi.json` is generated; regenerate with

@@ -17,8 +17,9 @@ use crate::state::AppState;
 /// Marks the deployment `DELETING`; the reconciler stops its replicas and then removes it.
 /// A second delete while deleting returns the same object.
 #[utoipa::path(delete, path = "/api/v1/deployments/{deployed_model}", tag = "deployments",
-    params(("deployed_model" = String, Path)),
-    responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("deployed_model" = String, Path, min_length = 1, max_length = 73, description = "The deployment's `deployed_model`.")),
+    responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,8 +14,9 @@ use crate::state::AppState;
 
 /// One deployment of the caller's workspace.
 #[utoipa::path(get, path = "/api/v1/deployments/{deployed_model}", tag = "deployments",
-    params(("deployed_model" = String, Path)),
-    responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("deployed_model" = String, Path, min_length = 1, max_length = 73, description = "The deployment's `deployed_model`.")),
+    responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,7 +14,8 @@ use crate::state::AppState;
 
 /// Lists the workspace's deployments.
 #[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", params(PageQuery),
-    responses((status = 200, body = inline(Success<DeploymentsPage>)), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = inline(Success<DeploymentsPage>)), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -83,7 +83,9 @@ impl Page {
             max: u64,
         ) -> Result<u64, ApiError> {
             let Some(raw) = raw else { return Ok(default) };
-            match raw.trim().parse::<u64>() {
+            // `3` or `3.0`: a number with no fraction is an integer.
+            let raw_int = raw.trim().strip_suffix(".0").unwrap_or(raw.trim());
+            match raw_int.parse::<u64>() {
                 Ok(v) if (1..=max).contains(&v) => Ok(v),
                 _ => Err(ApiError::invalid(format!(
                     "Required parameter({name}) missing or invalid, please check the request parameters: {name} must be an integer from 1 to {max}, got {raw:?}."
@@ -133,8 +135,8 @@ pub(crate) fn rate_limit(
 ) -> Result<Option<u64>, ApiError> {
     match raw {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=MAX_RATE_LIMIT).contains(&n) => Ok(Some(n)),
+        Some(v) => match v.as_number().and_then(berth_api::integer::of) {
+            Some(n) if (1..=i128::from(MAX_RATE_LIMIT)).contains(&n) => Ok(Some(n as u64)),
             _ => Err(ApiError::invalid(format!(
                 "Invalid {field} ({}): it must be an integer from 1 to {MAX_RATE_LIMIT}.",
                 shown(v)
@@ -218,7 +220,11 @@ pub(crate) fn parse_capacity(
             "Required parameter(capacity) missing or invalid, please check the request parameters.",
         )
     })?;
-    match raw.as_i64() {
+    match raw
+        .as_number()
+        .and_then(berth_api::integer::of)
+        .and_then(|v| i64::try_from(v).ok())
+    {
         Some(v) => berth_core::Capacity::new(v, base_capacity).map_err(ApiError::invalid),
         None => Err(ApiError::invalid(
             berth_core::deployment::invalid_capacity_message(&raw.to_string(), base_capacity),
@@ -267,7 +273,15 @@ mod tests {
     fn capacity_from_json() {
         use serde_json::json;
         assert_eq!(parse_capacity(Some(&json!(2)), 1).unwrap().get(), 2);
-        for bad in [json!(1.5), json!("2"), json!(-1), json!(1000), json!(null)] {
+        assert_eq!(parse_capacity(Some(&json!(2.0)), 1).unwrap().get(), 2);
+        for bad in [
+            json!(1.5),
+            json!("2"),
+            json!(-1),
+            json!(1000),
+            json!(null),
+            json!(1e300),
+        ] {
             let e = parse_capacity(Some(&bad), 1).unwrap_err();
             assert!(
                 e.message.starts_with("Invalid capacity ("),

@@ -16,7 +16,8 @@ use crate::state::AppState;
 /// Lists the models this node can deploy.
 #[utoipa::path(get, path = "/api/v1/deployments/models", tag = "deployments",
     params(PageQuery),
-    responses((status = 200, body = inline(Success<ModelsPage>)), (status = 401, body = berth_api::envelope::ErrorBody)))]
+    responses((status = 200, body = inline(Success<ModelsPage>)), (status = 400, body = berth_api::envelope::ErrorBody),
+        (status = 401, body = berth_api::envelope::ErrorBody), (status = 403, body = berth_api::envelope::ErrorBody)))]
 pub async fn models(
     State(state): State<AppState>,
     _caller: Caller,

@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 /// Sets a new capacity target; the latest target wins.
 #[utoipa::path(put, path = "/api/v1/deployments/{deployed_model}/scale", tag = "deployments",
-    params(("deployed_model" = String, Path)), request_body = ScaleRequest,
+    params(("deployed_model" = String, Path, min_length = 1, max_length = 73, description = "The deployment's `deployed_model`.")), request_body = ScaleRequest,
     responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]

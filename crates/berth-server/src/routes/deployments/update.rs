@@ -16,9 +16,10 @@ use crate::state::AppState;
 
 /// Changes `rpm_limit` and/or `tpm_limit`; nothing restarts.
 #[utoipa::path(put, path = "/api/v1/deployments/{deployed_model}/update", tag = "deployments",
-    params(("deployed_model" = String, Path)), request_body = UpdateRequest,
+    params(("deployed_model" = String, Path, min_length = 1, max_length = 73, description = "The deployment's `deployed_model`.")), request_body = UpdateRequest,
     responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
