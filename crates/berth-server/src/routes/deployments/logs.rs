@@ -39,7 +39,7 @@ pub struct LogsQuery {
 #[utoipa::path(get, path = "/api/v1/deployments/{deployed_model}/logs", tag = "deployments",
     params(("deployed_model" = String, Path), LogsQuery),
     responses((status = 200, description = "lines `[replica id] text`", content_type = "text/plain", body = String),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -107,7 +107,11 @@ pub async fn logs(
     Ok((head, body).into_response())
 }
 
-async fn replica_ids(state: &AppState, workspace: &str, name: &str) -> Result<Vec<String>, ApiError> {
+async fn replica_ids(
+    state: &AppState,
+    workspace: &str,
+    name: &str,
+) -> Result<Vec<String>, ApiError> {
     let mut ids: Vec<String> = state
         .store
         .list_replicas()

@@ -54,7 +54,7 @@ fn to_json(event: &Event) -> Value {
 #[utoipa::path(get, path = "/api/v1/deployments/{deployed_model}/stream", tag = "deployments",
     params(("deployed_model" = String, Path)),
     responses((status = 200, description = "server-sent events, one JSON object per `data:` line", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -104,7 +104,7 @@ pub async fn stream(
 /// state.
 #[utoipa::path(get, path = "/api/v1/events", tag = "deployments",
     responses((status = 200, description = "server-sent events, one JSON object per `data:` line", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn workspace_events(
     State(state): State<AppState>,
     caller: Caller,
