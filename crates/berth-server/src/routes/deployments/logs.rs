@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use berth_api::envelope::ErrorBody;
@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::load;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::Path;
+use crate::extract::{Path, Query};
 use crate::state::AppState;
 
 const POLL: Duration = Duration::from_millis(250);
@@ -30,8 +30,10 @@ const MAX_LINES: usize = 10_000;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct LogsQuery {
     /// Recent lines of each replica, 1..=10000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     pub lines: Option<String>,
     /// `true` keeps the answer open and streams new lines.
+    #[param(value_type = Option<bool>)]
     pub follow: Option<String>,
 }
 
@@ -47,7 +49,8 @@ pub async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let invalid = |m: String| ApiError::new(berth_core::ErrorCode::InvalidParameter, m);
-    let lines = match q.lines.as_deref() {
+    // An empty value (`?lines=`) is the default, as if it were absent.
+    let lines = match q.lines.as_deref().filter(|v| !v.is_empty()) {
         None => 100,
         Some(v) => v
             .parse::<usize>()
@@ -55,7 +58,7 @@ pub async fn logs(
             .filter(|n| (1..=MAX_LINES).contains(n))
             .ok_or_else(|| invalid(format!("lines must be between 1 and {MAX_LINES}")))?,
     };
-    let follow = match q.follow.as_deref() {
+    let follow = match q.follow.as_deref().filter(|v| !v.is_empty()) {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(invalid("follow must be true or false".into())),
@@ -85,7 +88,7 @@ pub async fn logs(
         loop {
             tokio::time::sleep(POLL).await;
             rounds += 1;
-            if rounds % 8 == 0 {
+            if rounds.is_multiple_of(8) {
                 match state.store.get_deployment(&workspace, &name).await {
                     Ok(Some(_)) => {}
                     _ => return,
