@@ -134,7 +134,7 @@ def test_schemathesis_finds_nothing(berth_factory):
     out = subprocess.run(
         [ST, "run", s.base + "/openapi.json", "-H", f"Authorization: Bearer {s.key}",
          "--checks", "all", "--max-examples", "60", "--seed", "12", "--no-color"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=s.dir.name,  # its cache goes there
     )
     summary = out.stdout[-3000:]
     assert out.returncode == 0, summary + out.stderr[-2000:]

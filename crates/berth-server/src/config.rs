@@ -741,6 +741,45 @@ mod tests {
     }
 
     #[test]
+    fn quotas_have_per_workspace_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(
+            &file,
+            "[quota]\nmax_deployments = 5\nmax_capacity_units = 8\n[quota.workspaces.team-a]\nmax_capacity_units = 32\n[server]\nmax_connections = 100\nidle_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("BERTH_QUOTA_MAX_DEPLOYMENTS", "7")]),
+            &Overrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(
+            c.quota.of("team-a"),
+            Quota {
+                max_deployments: 7,
+                max_capacity_units: Some(32)
+            }
+        );
+        assert_eq!(
+            c.quota.of("other"),
+            Quota {
+                max_deployments: 7,
+                max_capacity_units: Some(8)
+            }
+        );
+        assert_eq!(c.server.max_connections, Some(100));
+        assert_eq!(c.server.idle_timeout_secs, 5.0);
+        assert_eq!(Config::default().quota.of("x").max_capacity_units, None);
+
+        std::fs::write(&file, "[quota.workspaces.\"bad name\"]\nmax_deployments = 1\n[server]\nidle_timeout_secs = 0\nmax_connections = 0\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
     fn unknown_file_keys_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("berth.toml");
