@@ -9,7 +9,7 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{exit, failure_of, Client, Failure, Target, EXIT_CODES};
+use crate::client::{exit, Client, Failure, Target, EXIT_CODES};
 
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
@@ -71,17 +71,8 @@ async fn turn(client: &Client, args: &ChatArgs, messages: &[Value]) -> Result<St
     }
     let url = format!("{}/chat/completions", client.compatible_base());
     let resp = client
-        .request(Method::POST, &url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| Failure::new(exit::SERVER, format!("cannot reach berth: {e}")))?;
-    let status = resp.status().as_u16();
-    if status != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        return Err(failure_of(status, &json, &text));
-    }
+        .open(client.request(Method::POST, &url).json(&body))
+        .await?;
     let mut stream = resp.bytes_stream();
     let mut pending = Vec::new();
     let mut answer = String::new();

@@ -118,6 +118,22 @@ impl Client {
         self.http.request(method, url).bearer_auth(&self.key)
     }
 
+    /// Sends `req` and hands back a 200 answer unread (for streams); anything else is the
+    /// failure its envelope describes.
+    pub async fn open(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Failure::new(exit::SERVER, format!("cannot reach berth: {e}")))?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Err(failure_of(status, &json, &text))
+    }
+
     /// Calls `method path` with an optional JSON body; returns the raw body text and its JSON
     /// on success, or the failure the server's `code` and `message` describe.
     pub async fn call(

@@ -320,17 +320,7 @@ async fn logs(client: &Client, id: &str, follow: bool, lines: u32) -> Result<(),
         "{}/deployments/{id}/logs?lines={lines}&follow={follow}",
         client.base
     );
-    let resp = client
-        .request(Method::GET, &url)
-        .send()
-        .await
-        .map_err(|e| Failure::new(exit::SERVER, format!("cannot reach berth: {e}")))?;
-    let status = resp.status().as_u16();
-    if status != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        return Err(crate::client::failure_of(status, &json, &text));
-    }
+    let resp = client.open(client.request(Method::GET, &url)).await?;
     let mut body = resp.bytes_stream();
     let mut stdout = std::io::stdout();
     while let Some(chunk) = body.next().await {
@@ -348,17 +338,7 @@ async fn watch(client: &Client, id: Option<&str>, out: Output) -> Result<(), Fai
         Some(id) => format!("{}/deployments/{id}/stream", client.base),
         None => format!("{}/events", client.base),
     };
-    let resp = client
-        .request(Method::GET, &url)
-        .send()
-        .await
-        .map_err(|e| Failure::new(exit::SERVER, format!("cannot reach berth: {e}")))?;
-    let status = resp.status().as_u16();
-    if status != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        return Err(crate::client::failure_of(status, &json, &text));
-    }
+    let resp = client.open(client.request(Method::GET, &url)).await?;
     let mut body = resp.bytes_stream();
     let mut pending = Vec::new();
     while let Some(chunk) = body.next().await {
