@@ -37,3 +37,12 @@ pub struct StatsPoint {
     pub input_tokens: u64,
     pub output_tokens: u64,
 }
+
+/// The starts of the [`POINTS`] intervals up to the one holding `now` (Unix seconds), oldest
+/// first.
+pub fn interval_starts(now: u64) -> impl Iterator<Item = u64> {
+    let current = now - now % INTERVAL_SECS;
+    (0..POINTS as u64)
+        .rev()
+        .map(move |back| current.saturating_sub(back * INTERVAL_SECS))
+}

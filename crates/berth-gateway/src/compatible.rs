@@ -15,8 +15,8 @@ use futures::Stream;
 use memchr::memmem;
 
 use crate::dispatch::{read_body, Accounting, Dispatched, Reply, Tokens};
-use crate::metrics::Api;
 use crate::error::GatewayError;
+use crate::metrics::Api;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
 use crate::upstream::BodyReader;
@@ -96,9 +96,7 @@ impl Gateway {
         let status = resp.status;
         if !(200..300).contains(&status) {
             usage.set_code(status);
-            let bytes = read_body(resp.body)
-                .await
-                .map_err(|e| usage.failed(e))?;
+            let bytes = read_body(resp.body).await.map_err(|e| usage.failed(e))?;
             return Ok(GatewayResponse::full(status, JSON, bytes));
         }
         let body = UsageTap {
@@ -350,12 +348,18 @@ data: [DONE]
                 total: 7
             })
         );
-        assert_eq!(answer_usage(format!("{at_end}\n").as_bytes()).map(|t| t.total), Some(7));
+        assert_eq!(
+            answer_usage(format!("{at_end}\n").as_bytes()).map(|t| t.total),
+            Some(7)
+        );
         // Not last, or nested: the whole body is read, and the top-level usage wins.
         let first = format!(r#"{{{usage},"x":{{"usage":{{"total_tokens":99}}}}}}"#);
         assert_eq!(answer_usage(first.as_bytes()).map(|t| t.total), Some(7));
         let nested_last = format!(r#"{{"x":{{"usage":{{"total_tokens":99}}}},{usage}}}"#);
-        assert_eq!(answer_usage(nested_last.as_bytes()).map(|t| t.total), Some(7));
+        assert_eq!(
+            answer_usage(nested_last.as_bytes()).map(|t| t.total),
+            Some(7)
+        );
         let nested_only = r#"{"x":{"usage":{"total_tokens":99}}}"#;
         assert_eq!(answer_usage(nested_only.as_bytes()), None);
         assert_eq!(answer_usage(br#"{"usage":null}"#), None);

@@ -258,7 +258,10 @@ impl Inner {
         let mut waiter: Option<(tokio::sync::watch::Receiver<u64>, QueueSlot, Instant)> = None;
         let held = |waiter: &Option<(_, _, Instant)>, route: &Route| {
             if let Some((_, _, deadline)) = waiter {
-                route.state.metrics.held((*deadline - self.config.hold).into_std());
+                route
+                    .state
+                    .metrics
+                    .held((*deadline - self.config.hold).into_std());
             }
         };
         loop {

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use berth_api::stats::{StatsPoint, INTERVAL_SECS, POINTS};
+use berth_api::stats::{interval_starts, StatsPoint, INTERVAL_SECS, POINTS};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -213,14 +213,12 @@ impl GatewayMetrics {
                 api,
             };
             ApiHandles {
-                ok: self
-                    .requests
-                    .get_or_create_owned(&CallLabels {
-                        workspace: l.workspace.clone(),
-                        deployment: l.deployment.clone(),
-                        api,
-                        code: 200,
-                    }),
+                ok: self.requests.get_or_create_owned(&CallLabels {
+                    workspace: l.workspace.clone(),
+                    deployment: l.deployment.clone(),
+                    api,
+                    code: 200,
+                }),
                 duration: self.duration.get_or_create_owned(&l),
                 ttft: self.ttft.get_or_create_owned(&l),
             }
@@ -385,11 +383,8 @@ impl Series {
     }
 
     fn points(&self, now: u64) -> Vec<StatsPoint> {
-        let current = now - now % INTERVAL_SECS;
-        (0..POINTS as u64)
-            .rev()
-            .map(|back| {
-                let start = current.saturating_sub(back * INTERVAL_SECS);
+        interval_starts(now)
+            .map(|start| {
                 let b = &self.ring[(start / INTERVAL_SECS) as usize % POINTS];
                 if b.start != start || b.requests == 0 {
                     return StatsPoint {
@@ -451,7 +446,9 @@ mod tests {
         // slots were never overwritten.
         let later = s.points(t0 + 20 + INTERVAL_SECS * POINTS as u64);
         assert!(later.iter().all(|p| p.requests == 0));
-        assert!(later.windows(2).all(|w| w[1].start == w[0].start + INTERVAL_SECS));
+        assert!(later
+            .windows(2)
+            .all(|w| w[1].start == w[0].start + INTERVAL_SECS));
     }
 
     #[test]
@@ -479,7 +476,10 @@ mod tests {
         assert_eq!(line(ok), "2");
         assert_eq!(line("berth_requests_total{workspace=\"ws\",deployment=\"dep\",api=\"compatible\",code=\"503\"}"), "1");
         assert_eq!(line("berth_requests_total{workspace=\"ws\",deployment=\"\",api=\"native\",code=\"404\"}"), "1");
-        assert_eq!(line("berth_input_tokens_total{workspace=\"ws\",deployment=\"dep\"}"), "30");
+        assert_eq!(
+            line("berth_input_tokens_total{workspace=\"ws\",deployment=\"dep\"}"),
+            "30"
+        );
         assert_eq!(line("berth_time_to_first_token_seconds_count{workspace=\"ws\",deployment=\"dep\",api=\"compatible\"}"), "1");
         assert_eq!(line("berth_request_duration_seconds_count{workspace=\"ws\",deployment=\"dep\",api=\"compatible\"}"), "3");
     }

@@ -29,8 +29,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 
 use crate::dispatch::{read_body, Accounting, Dispatched, Reply, Tokens};
-use crate::metrics::Api;
 use crate::error::GatewayError;
+use crate::metrics::Api;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
 use crate::upstream::BodyReader;
