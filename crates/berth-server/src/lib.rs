@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod error;
 pub mod extract;
@@ -194,6 +195,10 @@ pub async fn serve(
         quotas: state::Quotas::new(config.quota.clone()),
         events,
         replica_logs: config.data_dir.join("replicas"),
+        replicas: {
+            let runtime = runtime.clone();
+            Arc::new(move || berth_runtime::Runtime::observe(runtime.as_ref()))
+        },
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
