@@ -10,9 +10,10 @@ const main = document.getElementById("main");
 const top = document.getElementById("top");
 let cleanup = null;
 
-function signInView() {
+function signInView(reason) {
   top.hidden = true;
   const err = errorBox();
+  if (reason) err.show(reason);
   const input = h("input", {
     id: "api-key", name: "api-key", type: "password", autocomplete: "off", spellcheck: "false",
     required: true, placeholder: "sk-...", "aria-describedby": "api-key-hint",
@@ -59,10 +60,14 @@ function signInView() {
   return null;
 }
 
-function signOut() {
+let signOutReason = null;
+
+/** Forgets the key. `reason`: why (the API refused the key), shown on the sign-in form. */
+function signOut(reason) {
   key.clear();
-  location.hash = "#/";
-  route();
+  signOutReason = reason instanceof Error ? reason : null;
+  if (location.hash && location.hash !== "#/") location.hash = "#/"; // routes again
+  else route();
 }
 
 function route() {
@@ -70,14 +75,16 @@ function route() {
   cleanup = null;
   document.querySelectorAll("dialog").forEach((d) => d.close());
   if (!key.get()) {
-    cleanup = signInView();
+    cleanup = signInView(signOutReason);
+    signOutReason = null;
     document.title = "Sign in · berth console";
     return;
   }
   top.hidden = false;
   const hash = location.hash.replace(/^#\/?/, "");
   const parts = hash.split("/").map(decodeURIComponent);
-  const onAuthError = () => signOut();
+  const onAuthError = () =>
+    signOut(new ApiError(401, "The API refused this key (revoked, or of another berth). Sign in again.", "InvalidApiKey"));
   let view;
   if (parts[0] === "d" && parts[1]) {
     view = parts[2] === "chat"
@@ -99,7 +106,7 @@ function header() {
       h("a", { class: "brand", href: "#/" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "berth"),
       h("nav", { "aria-label": "Main" }, h("a", { href: "#/" }, "Deployments")),
       h("span", { class: "spacer" }),
-      h("button", { type: "button", class: "btn btn-quiet", id: "sign-out", onclick: signOut }, "Sign out")));
+      h("button", { type: "button", class: "btn btn-quiet", id: "sign-out", onclick: () => signOut() }, "Sign out")));
 }
 
 header();

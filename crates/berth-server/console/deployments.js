@@ -170,7 +170,7 @@ export function actions(d, { afterDelete } = {}) {
   return h("div", { class: "btn-group" },
     h("a", { class: "btn btn-sm", href: `#/d/${encodeURIComponent(d.deployed_model)}/chat`, "aria-label": `Chat with ${d.deployed_model}` }, "Chat"),
     h("button", { type: "button", class: "btn btn-sm", disabled: deleting, "aria-label": `Scale ${d.deployed_model}`, dataset: { action: "scale" }, onclick: () => scaleDialog(d) }, "Scale"),
-    h("button", { type: "button", class: "btn btn-sm hide-xs", disabled: deleting, "aria-label": `Rate limits of ${d.deployed_model}`, dataset: { action: "limits" }, onclick: () => limitsDialog(d) }, "Limits"),
+    h("button", { type: "button", class: "btn btn-sm", disabled: deleting, "aria-label": `Rate limits of ${d.deployed_model}`, dataset: { action: "limits" }, onclick: () => limitsDialog(d) }, "Limits"),
     h("button", { type: "button", class: "btn btn-sm btn-danger-quiet", disabled: deleting, "aria-label": `Delete ${d.deployed_model}`, dataset: { action: "delete" }, onclick: () => deleteDialog(d, afterDelete) }, "Delete"));
 }
 
@@ -181,18 +181,21 @@ function limitInputs(d = {}) {
 }
 
 export async function createDialog() {
-  const model = h("select", { name: "model_name", required: true }, h("option", { value: "" }, "Loading the catalog…"));
+  const model = h("select", { id: "create-model", name: "model_name", required: true, "aria-describedby": "model-about" }, h("option", { value: "" }, "Loading the catalog…"));
   const capacity = h("input", { name: "capacity", type: "number", min: 1, step: 1, value: 1, inputmode: "numeric", required: true });
   const suffix = h("input", { name: "suffix", type: "text", maxlength: 8, autocomplete: "off", spellcheck: "false", placeholder: "optional" });
   const name = h("input", { name: "name", type: "text", maxlength: 128, autocomplete: "off", placeholder: "optional" });
   const { rpm, tpm } = limitInputs();
   const preview = h("p", { class: "hint", id: "create-preview" });
+  const about = h("small", { class: "hint", id: "model-about", "aria-live": "polite" });
   let catalog = [];
   const updatePreview = () => {
     const m = catalog.find((x) => x.model_name === model.value);
     if (m) {
       capacity.step = m.base_capacity;
       capacity.min = m.base_capacity;
+      fill(about, `${m.display_name || m.model_name} · base capacity ${m.base_capacity} · context ${fmtNum(m.context_length)} tokens · `,
+        m.available ? h("span", { class: "ok-text" }, "available") : h("span", { class: "danger-text" }, "weights missing on this node"));
     }
     const s = suffix.value.trim();
     preview.textContent = model.value ? `Will be called ${model.value}${s ? `-${s}` : ""}.` : "";
@@ -202,7 +205,7 @@ export async function createDialog() {
     submitLabel: "Create",
     build: (body) => {
       body.append(
-        field("Model", model, "From this node's catalog. A model whose weights are missing cannot start."),
+        h("div", { class: "field" }, h("label", { for: "create-model" }, "Model"), model, about),
         h("div", { class: "field-row" },
           field("Capacity", capacity, "Capacity units: a multiple of the base capacity."),
           field("Suffix", suffix, "Up to 8 letters or digits, appended to the model name.")),
@@ -226,7 +229,7 @@ export async function createDialog() {
   try {
     catalog = (await api.models()).models;
     fill(model, catalog.map((m) => h("option", { value: m.model_name },
-      `${m.display_name || m.model_name} (${m.model_name}) · base capacity ${m.base_capacity}${m.available ? "" : " · weights missing"}`)));
+      `${m.model_name}${m.available ? "" : " (weights missing)"}`)));
     const first = catalog.find((m) => m.available) || catalog[0];
     if (first) model.value = first.model_name;
     if (!catalog.length) fill(model, h("option", { value: "" }, "The catalog is empty"));
