@@ -62,6 +62,14 @@ try {
   page.on("console", (m) => {
     if (m.type() === "error" && !/status of (401|404|400|409)/.test(m.text())) consoleErrors.push(m.text());
   });
+  // A narrow window (a phone) scrolls nothing sideways.
+  const fitsNarrow = async (what) => {
+    await page.setViewportSize({ width: 380, height: 800 });
+    await page.waitForTimeout(100);
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    await page.setViewportSize({ width: 1280, height: 800 });
+    check(wide <= 380, `${what} fits a 380px window (${wide}px wide)`);
+  };
   const shot = async (name) => {
     if (!SHOTS) return;
     mkdirSync(SHOTS, { recursive: true });
@@ -116,6 +124,7 @@ try {
   await row.waitFor();
   await row.locator('[data-field=status] [data-status="RUNNING"]').waitFor({ timeout: 120000 });
   check((await row.locator("[data-field=ready]").innerText()).trim() === "1 / 1", "1 / 1 ready");
+  await fitsNarrow("the deployments table");
   await shot("deployments");
 
   step("chat: a streamed answer that says Paris, with tokens and latency");
@@ -154,6 +163,7 @@ try {
     const out = run(PYTHON, ["-c", snippets[tab]]);
     check(/Paris/.test(out), `${tab} snippet: ${JSON.stringify(out)}`);
   }
+  await fitsNarrow("the playground");
   await shot("playground");
 
   step("scale to 2 on the deployment's page (a bad capacity first), then see two ready replicas");
@@ -176,6 +186,7 @@ try {
   check((await page.locator("#dep-ready").innerText()).includes("2 / 2"), "2 / 2 ready on the page");
   await page.locator("#events li").first().waitFor();
   await page.locator("#logs-text").filter({ hasText: /\[/ }).waitFor({ timeout: 30000 });
+  await fitsNarrow("the deployment's page");
   await shot("deployment");
 
   step("delete: cancel keeps it, confirm removes it from the table");

@@ -76,7 +76,7 @@ def test_console_in_a_real_browser(berth_factory, tmp_path):
                BERTH_CHROMIUM=CHROMIUM, BERTH_PYTHON=sys.executable, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1",
                HOME=str(tmp_path))
     if os.environ.get("BERTH_CONSOLE_SCREENSHOTS"):
-        env["BERTH_CONSOLE_SCREENSHOTS"] = os.environ["BERTH_CONSOLE_SCREENSHOTS"]
+        env["BERTH_CONSOLE_SCREENSHOTS"] = str(Path(os.environ["BERTH_CONSOLE_SCREENSHOTS"]).resolve())
     run = subprocess.run(["node", str(CONSOLE_TESTS / "console.mjs")], env=env, capture_output=True, text=True,
                          timeout=240, cwd=CONSOLE_TESTS)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{s.logs()}"
