@@ -91,16 +91,19 @@ export function statsCharts(el, name, { signal, onAuthError }) {
       every = Math.min(secs * 1000, 10000);
       const p = out.points || [];
       const span = p.length * secs;
-      if (!p.some((x) => x.requests || x.errors || x.throttled)) {
-        el.dataset.empty = "true";
-      } else delete el.dataset.empty;
+      const note = document.getElementById("charts-note");
+      if (note && span) note.textContent = `Last ${Math.round(span / 60)} minutes, ${secs} s steps`;
+      const sum = (f) => p.reduce((a, x) => a + (x[f] || 0), 0);
+      el.dataset.requests = String(sum("requests"));
+      el.dataset.outputTokens = String(sum("output_tokens"));
+      el.dataset.ttft = String(p.some((x) => x.ttft_ms !== null && x.ttft_ms !== undefined));
       fill(el,
         chart({ title: "Requests per second", unit: "req/s", seconds: span, series: [{ name: "requests", cls: "s1", values: p.map((x) => x.requests / secs) }] }),
         chart({ title: "Time to first token", unit: "ms", seconds: span, series: [{ name: "mean TTFT", cls: "s2", values: p.map((x) => x.ttft_ms ?? null) }] }),
         chart({ title: "Tokens per minute", unit: "tok/min", seconds: span, series: [
           { name: "input", cls: "s3", values: p.map((x) => (x.input_tokens * 60) / secs) },
           { name: "output", cls: "s1", values: p.map((x) => (x.output_tokens * 60) / secs) }] }),
-        chart({ title: "Errors", unit: "/interval", seconds: span, series: [
+        chart({ title: `Errors (per ${secs} s)`, unit: "", seconds: span, series: [
           { name: "errors", cls: "s4", values: p.map((x) => x.errors) },
           { name: "throttled", cls: "s5", values: p.map((x) => x.throttled) }] }));
     } catch (e) {

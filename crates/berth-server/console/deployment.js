@@ -31,7 +31,7 @@ export function deploymentView(main, name, { onAuthError }) {
     h("section", { class: "panel", "aria-labelledby": "facts-title" },
       h("div", { class: "panel-head" }, h("h2", { id: "facts-title" }, "Overview")), h("div", { class: "panel-body" }, facts)),
     h("section", { class: "panel", "aria-labelledby": "charts-title" },
-      h("div", { class: "panel-head" }, h("h2", { id: "charts-title" }, "Traffic"), h("span", { class: "muted small", id: "charts-note" }, "Last 5 minutes")),
+      h("div", { class: "panel-head" }, h("h2", { id: "charts-title" }, "Traffic"), h("span", { class: "muted small", id: "charts-note" })),
       h("div", { class: "panel-body" }, charts)),
     h("div", { class: "grid-2" },
       h("section", { class: "panel", "aria-labelledby": "replicas-title" },
