@@ -106,6 +106,15 @@ try {
   // Marks this document: if anything reloaded the page, the mark would be gone.
   await page.evaluate(() => { window.__noReload = true; });
 
+  step("keyboard: Enter opens the create dialog with the focus in it, Escape closes it and gives the focus back");
+  await page.locator("#new-deployment").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("dialog[open]").waitFor();
+  check(await page.evaluate(() => document.activeElement.closest("dialog[open]") !== null), "focus is in the dialog");
+  await page.keyboard.press("Escape");
+  await page.locator("dialog[open]").waitFor({ state: "detached" });
+  check(await page.evaluate(() => document.activeElement.id === "new-deployment"), "focus is back on the button");
+
   step("create: the API's message for a bad suffix shows in the dialog");
   await page.locator("#new-deployment").click();
   const dialog = page.locator("dialog[open]");

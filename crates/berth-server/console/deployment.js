@@ -1,7 +1,7 @@
 // One deployment: its state, replicas, charts, recent events and replica logs, all live.
 
 import { deployments as api, lines, enc, ApiError } from "/console/api.js";
-import { h, fill, badge, parseTime, age, fmtNum } from "/console/ui.js";
+import { h, fill, badge, parseTime, age, fmtNum, keepFocus } from "/console/ui.js";
 import { follow, liveIndicator, actions, capacityCell } from "/console/deployments.js";
 import { statsCharts } from "/console/chart.js";
 
@@ -54,10 +54,10 @@ export function deploymentView(main, name, { onAuthError }) {
       fill(head, h("div", {}, h("h1", {}, name), h("p", { class: "state" }, h("span", { class: "spinner", "aria-hidden": "true" }), "Loading…")));
       return;
     }
-    fill(head,
+    keepFocus(head, () => fill(head,
       h("div", {}, h("h1", {}, dep.deployed_model),
         h("p", { class: "muted" }, dep.name && dep.name !== dep.deployed_model ? `${dep.name} · ` : "", dep.model_name)),
-      h("div", { class: "page-actions" }, live.el, actions(dep, { afterDelete: () => { location.hash = "#/"; } })));
+      h("div", { class: "page-actions" }, live.el, actions(dep, { afterDelete: () => { location.hash = "#/"; } }))));
     fill(facts,
       fact("Status", h("span", { id: "dep-status" }, badge(dep.status)),
         dep.fail_reason ? h("div", { class: "small danger-text" }, dep.fail_reason) : null,

@@ -2,7 +2,7 @@
 // and delete (also used by a deployment's page).
 
 import { deployments as api, events, ApiError } from "/console/api.js";
-import { h, fill, badge, parseTime, age, fmtNum, formDialog, field, intOrNull, toast } from "/console/ui.js";
+import { h, fill, badge, parseTime, age, fmtNum, formDialog, field, intOrNull, toast, keepFocus } from "/console/ui.js";
 
 /** Follows the workspace's event stream; reconnects after a break. Returns a stop function. */
 export function follow(path, { onEvent, onState, onAuthError, onOpen }) {
@@ -22,8 +22,8 @@ export function follow(path, { onEvent, onState, onAuthError, onOpen }) {
           if (e) onEvent(e);
         }, { signal: ctl.signal, onOpen });
         if (ctl.signal.aborted) return;
+        // Ended: berth restarted, or the deployment was deleted (then the next try is a 404).
         onState("ended");
-        if (path.endsWith("/stream")) return; // a deployment's stream ends once it is deleted
       } catch (e) {
         if (ctl.signal.aborted) return;
         if (e instanceof ApiError && e.status === 401) return onAuthError();
@@ -117,15 +117,15 @@ export function deploymentsView(main, { onAuthError }) {
         h("button", { type: "button", class: "btn btn-primary", onclick: () => createDialog() }, "New deployment")));
       return;
     }
-    fill(tbody, list.map(row));
+    keepFocus(tbody, () => fill(tbody, list.map(row)));
     if (body.firstChild !== table) fill(body, h("div", { class: "table-wrap" }, table));
   }
 
   const ctl = new AbortController();
+  /** The whole list; a reload after a reconnection keeps the table on screen meanwhile. */
   async function load() {
     loadError = null;
-    loaded = false;
-    render();
+    if (!loaded) render();
     try {
       const page = await api.list(ctl.signal);
       rows.clear();

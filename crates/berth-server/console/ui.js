@@ -136,3 +136,24 @@ export function intOrNull(input) {
   const n = Number(v);
   return Number.isFinite(n) ? n : v;
 }
+
+/**
+ * Runs `render`, which replaces what is inside `container`, and gives the focus back to the
+ * same control (same row, same action) if it had it: live updates never steal a keyboard user's
+ * place.
+ */
+export function keepFocus(container, render) {
+  const active = document.activeElement;
+  if (!active || !container.contains(active)) return render();
+  const row = active.closest("[data-name]");
+  const key = active.dataset.action || active.getAttribute("href") || active.textContent;
+  render();
+  const scope = row ? container.querySelector(`[data-name="${CSS.escape(row.dataset.name)}"]`) : container;
+  if (!scope) return;
+  for (const el of scope.querySelectorAll("a, button")) {
+    if ((el.dataset.action || el.getAttribute("href") || el.textContent) === key) {
+      el.focus({ preventScroll: true });
+      return;
+    }
+  }
+}
