@@ -1,6 +1,8 @@
 //! `GET /api/v1/deployments/{deployed_model}/replicas`: the deployment's replica processes as
 //! the runtime sees them now (what the console's deployment page lists).
 
+use std::collections::HashSet;
+
 use axum::extract::State;
 use axum::Json;
 use berth_api::envelope::{ErrorBody, Success};
@@ -21,7 +23,8 @@ pub struct ReplicaObject {
     pub replica_id: String,
     /// `starting`, `ready`, `unhealthy` or `exited`.
     pub state: String,
-    /// Whether the gateway may send it calls (it passed readiness: it has generated).
+    /// Whether the gateway sends it calls now: it passed readiness (it has generated) and is not
+    /// being drained before a stop.
     pub ready: bool,
     /// When its process was started, `YYYY-MM-DDTHH:MM:SS.fff` UTC.
     pub started_at: String,
@@ -54,6 +57,14 @@ pub async fn replicas(
         .filter(|r| r.workspace_id == d.workspace_id && r.deployed_model == d.deployed_model)
         .collect();
     seen.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+    // What the gateway routes to: ready replicas, less those being drained before a stop.
+    let routed: HashSet<String> = state
+        .gateway
+        .deployments(&d.workspace_id)
+        .iter()
+        .filter(|e| e.deployed_model == d.deployed_model)
+        .flat_map(|e| e.endpoints.iter().map(|x| x.replica_id.clone()))
+        .collect();
     let replicas = seen
         .into_iter()
         .map(|r| {
@@ -63,10 +74,11 @@ pub async fn replicas(
                 ReplicaState::Unhealthy => ("unhealthy", None),
                 ReplicaState::Exited { reason } => ("exited", Some(reason)),
             };
+            let ready = routed.contains(&r.id);
             ReplicaObject {
                 replica_id: r.id,
                 state: state.to_owned(),
-                ready: state == "ready",
+                ready,
                 started_at: r.started_at.to_gmt_string(),
                 reason,
             }
