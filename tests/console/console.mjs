@@ -1,6 +1,7 @@
 // Drives berth's web console in Debian's Chromium (headless) against a running `berth serve`:
 // sign in (a wrong key first), create a deployment and watch it reach RUNNING without a reload,
-// chat and see a streamed answer, scale to 2 and see two ready replicas, delete and see it go.
+// chat and see a streamed answer, run the copied snippets, scale to 2 and see two ready replicas,
+// the calls in the charts, delete and see it go.
 //
 //   BERTH_URL=http://127.0.0.1:8080 BERTH_KEY=sk-... BERTH_MODEL=smollm2-135m-instruct node console.mjs
 //
@@ -157,8 +158,8 @@ try {
   check(/Paris/.test(text), `the answer says Paris: ${JSON.stringify(text)}`);
   const chunks = Number(await answer.getAttribute("data-chunks"));
   check(chunks > 1, `the answer came in pieces (${chunks} chunks)`);
-  const stats = await answer.locator("[data-field=usage]").innerText();
-  check(/\d+ prompt/.test(stats) && /\d+ completion/.test(stats) && /TTFT \d/.test(stats), `usage and latency shown: ${stats}`);
+  const usage = await answer.locator("[data-field=usage]").innerText();
+  check(/\d+ prompt/.test(usage) && /\d+ completion/.test(usage) && /TTFT \d/.test(usage), `usage and latency shown: ${usage}`);
 
   step("the copied snippets run as they are and answer the same");
   const env = { ...process.env, DASHSCOPE_API_KEY: KEY };
@@ -194,6 +195,16 @@ try {
   await page.locator('#dep-status [data-status="RUNNING"]').waitFor({ timeout: 30000 });
   check((await page.locator("#dep-ready").innerText()).includes("2 / 2"), "2 / 2 ready on the page");
   await page.locator("#events li").first().waitFor();
+
+  step("charts: the four calls just made (console, curl, dashscope, openai) show in the traffic");
+  await page.waitForFunction(() => Number(document.getElementById("charts")?.dataset.requests) >= 4, null,
+    { timeout: 30000 });
+  check((await page.locator("#charts figure.chart").count()) === 4, "four charts");
+  const charted = await page.locator("#charts").evaluate((el) => ({ ...el.dataset }));
+  check(Number(charted.outputTokens) > 0 && charted.ttft === "true", `tokens and TTFT charted: ${JSON.stringify(charted)}`);
+  const stats = await apiCall("GET", `/api/v1/deployments/${NAME}/stats`);
+  const total = stats.body.output.points.reduce((a, p) => a + p.requests, 0);
+  check(total === Number(charted.requests), `the charts show what the API counts (${total} vs ${charted.requests})`);
   await page.locator("#logs-text").filter({ hasText: /\[/ }).waitFor({ timeout: 30000 });
   await fitsNarrow("the deployment's page");
   await shot("deployment");

@@ -6,9 +6,11 @@
 //! replicas. Passes run on a nudge from the API, on any replica state change, and periodically.
 
 pub mod events;
+pub mod metrics;
 pub mod plan;
 pub mod reconciler;
 
 pub use events::{Event, EventHub};
+pub use metrics::ReconcilerMetrics;
 pub use plan::{plan, Action, FailureState, ModelInfo, Plan, PlanInput};
 pub use reconciler::{Nudge, Reconciler, ReconcilerSettings};

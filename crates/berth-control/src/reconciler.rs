@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, EventHub};
+use crate::metrics::ReconcilerMetrics;
 use crate::plan::{plan, Action, FailureState, Key, ModelInfo, PlanInput};
 
 /// Wakes the reconciler after the API changed desired state.
@@ -72,6 +73,7 @@ pub struct Reconciler {
     keep_replicas: Arc<AtomicBool>,
     events: EventHub,
     seen: events::Seen,
+    metrics: ReconcilerMetrics,
 }
 
 impl Reconciler {
@@ -97,7 +99,14 @@ impl Reconciler {
             keep_replicas: Arc::default(),
             events: EventHub::default(),
             seen: events::Seen::default(),
+            metrics: ReconcilerMetrics::default(),
         }
+    }
+
+    /// Where pass durations, failures and replica states are counted.
+    pub fn with_metrics(mut self, metrics: ReconcilerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Where the changes each pass sees are published.
@@ -128,7 +137,11 @@ impl Reconciler {
     /// Runs passes until `stop` is cancelled, then stops every replica.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
-            if let Err(e) = self.pass().await {
+            let started = Instant::now();
+            let result = self.pass().await;
+            self.metrics
+                .pass(started.elapsed().as_secs_f64(), result.is_ok());
+            if let Err(e) = result {
                 tracing::error!(error = %e, "reconcile pass failed");
             }
             let next_retry = self
@@ -280,6 +293,7 @@ impl Reconciler {
         let now = self.store.all_deployments().await?;
         // The replicas as this pass saw them (observing again here would mark changes since as
         // seen, and the loop would not wake for them).
+        self.metrics.replicas(&observed);
         let changes = events::diff(&mut self.seen, &now, &observed);
         self.events.publish(changes);
         Ok(())
@@ -342,6 +356,7 @@ impl Reconciler {
     }
 
     fn record_failure(&mut self, key: Key, generation: i64, reason: String) {
+        self.metrics.start_failed(&key.0, &key.1);
         let entry = self.failures.entry(key).or_insert(FailureState {
             generation,
             count: 0,

@@ -31,6 +31,7 @@ use crate::state::AppState;
         deployments::workspace_events,
         deployments::logs,
         deployments::replicas,
+        deployments::stats,
     ),
     modifiers(&BearerAuth),
     security(("api_key" = [])),

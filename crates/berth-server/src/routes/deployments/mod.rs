@@ -8,6 +8,7 @@ mod logs;
 mod models;
 mod replicas;
 mod scale;
+mod stats;
 mod stream;
 mod update;
 
@@ -28,6 +29,7 @@ pub use logs::__path_logs;
 pub use models::__path_models;
 pub use replicas::__path_replicas;
 pub use scale::__path_scale;
+pub use stats::__path_stats;
 pub use stream::{__path_stream, __path_workspace_events};
 pub use update::__path_update;
 
@@ -68,6 +70,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/deployments/{deployed_model}/replicas",
             get(replicas::replicas),
+        )
+        .route(
+            "/api/v1/deployments/{deployed_model}/stats",
+            get(stats::stats),
         )
 }
 
