@@ -66,9 +66,7 @@ export function deploymentView(main, name, { onAuthError }) {
       fact("Base capacity", dep.base_capacity),
       fact("RPM limit", dep.rpm_limit ? fmtNum(dep.rpm_limit) : "none"),
       fact("TPM limit", dep.tpm_limit ? fmtNum(dep.tpm_limit) : "none"),
-      fact("Created", h("time", { datetime: `${dep.gmt_create}Z`, title: `${dep.gmt_create} UTC` }, `${age(parseTime(dep.gmt_create))} ago`)),
-      fact("Model", h("code", {}, dep.model_name)),
-      fact("Call it as", h("code", {}, dep.deployed_model)));
+      fact("Created", h("time", { datetime: `${dep.gmt_create}Z`, title: `${dep.gmt_create} UTC` }, `${age(parseTime(dep.gmt_create))} ago`)));
   }
 
   function fact(label, ...value) {
