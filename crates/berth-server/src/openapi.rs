@@ -33,6 +33,8 @@ use crate::state::AppState;
         deployments::replicas,
         deployments::stats,
     ),
+    // The OpenAI-compatible routes' errors (those paths are described in `inference`).
+    components(schemas(berth_api::envelope::OpenAiErrorBody, berth_api::envelope::OpenAiError)),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
     tags(

@@ -221,3 +221,74 @@ async fn latency_of_list_and_get_with_10k_deployments() {
     println!("get: p50 {p50:?} p99 {p99:?}");
     assert!(p99 < Duration::from_millis(5), "get p99 {p99:?}");
 }
+
+/// A database written by a berth whose bootstrap key ids came from the secret: after the
+/// upgrade the id is random, the deployments it created and modified name the new id, and keys
+/// with random ids keep theirs.
+#[tokio::test]
+async fn key_ids_derived_from_secrets_are_replaced_on_upgrade() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.db");
+    // The schema as migrations 1 and 2 left it.
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).unwrap();
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for name in ["0001_init.sql", "0002_replica_identity.sql"] {
+        std::fs::copy(here.join(name), old.join(name)).unwrap();
+    }
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let derived_hash = [0xab_u8; 32];
+    let derived_id = "ak-abababababab";
+    let random_hash = [0x01_u8; 32];
+    for (id, hash) in [(derived_id, derived_hash), ("ak-0123456789ab", random_hash)] {
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace_id, hash, created) VALUES (?, 'default', ?, 0)",
+        )
+        .bind(id)
+        .bind(&hash[..])
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO deployments (workspace_id, deployed_model, model_name, base_model, status, \
+         capacity, base_capacity, creator, modifier, gmt_create, gmt_modified) \
+         VALUES ('default', 'm', 'm', 'm', 'RUNNING', 1, 1, ?, ?, 0, 0)",
+    )
+    .bind(derived_id)
+    .bind(derived_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let keys = store.list_api_keys().await.unwrap();
+    let renamed = keys.iter().find(|k| k.hash == derived_hash).unwrap();
+    assert_ne!(renamed.id, derived_id);
+    assert!(
+        renamed.id.starts_with("ak-") && renamed.id.len() == derived_id.len(),
+        "{}",
+        renamed.id
+    );
+    let kept = keys.iter().find(|k| k.hash == random_hash).unwrap();
+    assert_eq!(kept.id, "ak-0123456789ab");
+    let d = store.get_deployment("default", "m").await.unwrap().unwrap();
+    assert_eq!(
+        (d.creator.as_str(), d.modifier.as_str()),
+        (renamed.id.as_str(), renamed.id.as_str())
+    );
+}
