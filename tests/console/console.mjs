@@ -161,6 +161,11 @@ try {
   const usage = await answer.locator("[data-field=usage]").innerText();
   check(/\d+ prompt/.test(usage) && /\d+ completion/.test(usage) && /TTFT \d/.test(usage), `usage and latency shown: ${usage}`);
 
+  await page.getByRole("tab", { name: "Python (openai)" }).click();
+  check((await page.locator("#snippet-code").innerText()) === snippets["Python (openai)"],
+    "with nothing typed, the snippet is the call just made");
+  await page.getByRole("tab", { name: "curl" }).click();
+
   step("the copied snippets run as they are and answer the same");
   const env = { ...process.env, DASHSCOPE_API_KEY: KEY };
   const run = (cmd, args) => execFileSync(cmd, args, { env, timeout: 60000, encoding: "utf8" });

@@ -100,6 +100,7 @@ export function playgroundView(main, name, { onAuthError }) {
   const stop = h("button", { type: "button", class: "btn", hidden: true, onclick: () => ctl && ctl.abort() }, "Stop");
   const clear = h("button", { type: "button", class: "btn btn-quiet", onclick: () => {
     history.length = 0;
+    lastSent = null;
     fill(list, empty);
     updateSnippet();
   } }, "Clear");
@@ -155,9 +156,13 @@ export function playgroundView(main, name, { onAuthError }) {
     if (next) msgs.push({ role: "user", content: next });
     return msgs;
   }
+  // The snippet is the call the Send button would make now; with nothing typed, the last call
+  // made (or an example before the first).
+  let lastSent = null;
   function updateSnippet() {
-    const msgs = messagesFor(input.value.trim() || (history.length ? "" : "What is the capital of France?"));
-    texts = snippets(location.origin, name, msgs.filter((m) => m.content), params());
+    const typed = input.value.trim();
+    const msgs = typed ? messagesFor(typed) : lastSent || messagesFor("What is the capital of France?");
+    texts = snippets(location.origin, name, msgs, params());
     select(current);
   }
   for (const el of [input, system, temperature, maxTokens]) el.addEventListener("input", updateSnippet);
@@ -186,6 +191,7 @@ export function playgroundView(main, name, { onAuthError }) {
     err.clear();
     empty.remove();
     const messages = messagesFor(text);
+    lastSent = messages;
     history.push({ role: "user", content: text });
     input.value = "";
     list.append(bubble("user", text));
