@@ -75,13 +75,16 @@ export function deploymentView(main, name, { onAuthError }) {
 
   // Replicas: on every replica event, and every few seconds.
   let replicaTimer = null;
+  let replicaLoads = 0;
   async function loadReplicas() {
     clearTimeout(replicaTimer);
+    const mine = ++replicaLoads;
     try {
       const out = await api.replicas(name, ctl.signal);
+      if (mine !== replicaLoads) return; // a newer load answers, and polls on
       renderReplicas(out.replicas);
     } catch (e) {
-      if (e.name === "AbortError") return;
+      if (e.name === "AbortError" || mine !== replicaLoads) return;
       if (e.status === 401) return onAuthError();
       if (e.status === 404) return;
       fill(replicaBody, h("p", { class: "state state-error", role: "alert" }, `Cannot list replicas: ${e.message}`));
@@ -135,7 +138,7 @@ export function deploymentView(main, name, { onAuthError }) {
       if (e.type === "deployment") {
         dep = e.deployment;
         renderHead();
-        if (!replicaTimer) loadReplicas();
+        if (!replicaLoads) loadReplicas();
       } else if (e.type === "replica") {
         loadReplicas();
       } else if (e.type === "deleted") {

@@ -5,7 +5,7 @@ import { deployments as api, events, ApiError } from "/console/api.js";
 import { h, fill, badge, parseTime, age, fmtNum, formDialog, field, intOrNull, toast, keepFocus } from "/console/ui.js";
 
 /** Follows the workspace's event stream; reconnects after a break. Returns a stop function. */
-export function follow(path, { onEvent, onState, onAuthError, onOpen }) {
+export function follow(path, { onEvent, onState, onAuthError }) {
   const ctl = new AbortController();
   let delay = 500;
   (async () => {
@@ -20,7 +20,7 @@ export function follow(path, { onEvent, onState, onAuthError, onOpen }) {
             onState("live");
           }
           if (e) onEvent(e);
-        }, { signal: ctl.signal, onOpen });
+        }, { signal: ctl.signal });
         if (ctl.signal.aborted) return;
         // Ended: berth restarted, or the deployment was deleted (then the next try is a 404).
         onState("ended");
@@ -61,8 +61,14 @@ export function capacityCell(d) {
     h("span", { class: "meter", "aria-hidden": "true" }, h("span", { style: { width: `${pct}%` } })));
 }
 
+/** Whether `a` is at least as recent as `b` (absent counts as oldest). */
+function newer(a, b) {
+  return !b || (a.gmt_modified || "") >= (b.gmt_modified || "");
+}
+
 export function deploymentsView(main, { onAuthError }) {
   const rows = new Map();
+  const touched = new Map(); // what events said while the list was loading: name -> changed | deleted
   let loaded = false;
   let loadError = null;
   const live = liveIndicator();
@@ -126,10 +132,18 @@ export function deploymentsView(main, { onAuthError }) {
   async function load() {
     loadError = null;
     if (!loaded) render();
+    touched.clear();
     try {
       const page = await api.list(ctl.signal);
+      // The list and the stream race: what an event said while the list was on its way wins
+      // unless the list's copy is newer (gmt_modified moves with every visible change).
+      const fresh = new Map(page.deployments.map((d) => [d.deployed_model, d]));
+      for (const [name, how] of touched) {
+        if (how === "deleted") fresh.delete(name);
+        else if (rows.has(name) && newer(rows.get(name), fresh.get(name))) fresh.set(name, rows.get(name));
+      }
       rows.clear();
-      for (const d of page.deployments) rows.set(d.deployed_model, d);
+      for (const [name, d] of fresh) rows.set(name, d);
       loaded = true;
     } catch (e) {
       if (e.name === "AbortError") return;
@@ -146,9 +160,14 @@ export function deploymentsView(main, { onAuthError }) {
       if (s === "live" && loaded) load(); // catch up on what happened while disconnected
     },
     onEvent: (e) => {
-      if (e.type === "deployment") rows.set(e.deployment.deployed_model, e.deployment);
-      else if (e.type === "deleted") rows.delete(e.deployed_model);
-      else if (e.type === "lagged") return load();
+      if (e.type === "deployment") {
+        const d = e.deployment;
+        if (newer(d, rows.get(d.deployed_model))) rows.set(d.deployed_model, d);
+        touched.set(d.deployed_model, "changed");
+      } else if (e.type === "deleted") {
+        rows.delete(e.deployed_model);
+        touched.set(e.deployed_model, "deleted");
+      } else if (e.type === "lagged") return load();
       else return;
       if (loaded) render();
     },
