@@ -134,6 +134,20 @@ try {
   await row.waitFor();
   await row.locator('[data-field=status] [data-status="RUNNING"]').waitFor({ timeout: 120000 });
   check((await row.locator("[data-field=ready]").innerText()).trim() === "1 / 1", "1 / 1 ready");
+
+  step("rate limits: the API's message for a bad limit, then a limit shows in the table");
+  await row.getByRole("button", { name: `Rate limits of ${NAME}` }).click();
+  const limits = page.locator("dialog[open]");
+  const badLimit = await apiCall("PUT", `/api/v1/deployments/${NAME}/update`, { rpm_limit: 0 });
+  check(badLimit.status === 400, `rpm_limit 0 is refused (${badLimit.status})`);
+  await limits.getByLabel("RPM limit").fill("0");
+  await limits.getByRole("button", { name: "Save" }).click();
+  await limits.locator("[role=alert]").filter({ hasText: badLimit.body.message }).waitFor();
+  await limits.getByLabel("RPM limit").fill("600");
+  await limits.getByRole("button", { name: "Save" }).click();
+  await limits.waitFor({ state: "detached" });
+  await row.getByText("600 rpm").waitFor();
+  check((await apiCall("GET", `/api/v1/deployments/${NAME}`)).body.output.rpm_limit === 600, "the API has the limit");
   await fitsNarrow("the deployments table");
   await shot("deployments");
 
