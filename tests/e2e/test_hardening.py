@@ -143,5 +143,7 @@ def test_schemathesis_finds_nothing(berth_factory):
     # Every operation schemathesis found in the document was exercised.
     selected = re.search(r"(\d+) selected / (\d+) total", out.stdout)
     assert selected and int(selected.group(1)) == int(selected.group(2)) >= 14, summary
+    # Every `$ref` of the document resolves, so no part of any schema was skipped.
+    assert "Unresolvable references" not in out.stdout, summary
     print(f"\nschemathesis: {cases.group(1)} cases, {cases.group(2)} passed, every check")
     assert "panicked" not in s.logs()

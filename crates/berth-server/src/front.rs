@@ -484,19 +484,33 @@ impl Connection {
     /// Gives the connection, with what was read of it, to hyper and the router; closes it
     /// when hyper is done with it.
     async fn hand_over(self, router: Router) {
+        // The request handed over began with its first byte, read here.
+        let begun = self
+            .request_deadline
+            .map_or_else(Instant::now, |d| d - self.limits.request);
+        let start = io_util::RequestStart::new(begun);
         let io = TokioIo::new(Replay {
             head: self.buf.freeze(),
             conn: self.conn,
             timer: self.timer,
             write_timeout: self.limits.write,
             waiting: false,
+            start: start.clone(),
         });
+        let service = tower::ServiceExt::map_request(
+            router,
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(start.clone());
+                req
+            },
+        );
         // hyper's header timer runs from the end of one answer to the end of the next head, so
-        // it is the idle timeout too; bodies have the request timeout (`io_util::body_deadline`).
+        // it is the idle timeout too; a request must be whole within the request timeout of its
+        // first byte (`io_util::body_deadline`).
         let mut served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.idle)
-            .serve_connection(io, TowerToHyperService::new(router))
+            .serve_connection(io, TowerToHyperService::new(service))
             .with_upgrades();
         let result = tokio::select! {
             r = &mut served => r,

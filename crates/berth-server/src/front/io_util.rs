@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -92,6 +93,35 @@ pub(super) async fn linger(mut conn: TcpStream, mut buf: BytesMut, timer: &mut T
     }
 }
 
+/// When the request now arriving on a connection the router serves began (its first byte), for
+/// its one deadline. [`Replay`] sets it with the first byte it reads while it is unset; the
+/// short lane seeds it for the request it hands over; [`body_deadline`] reads it and unsets it
+/// once the answer is ready, so the next byte read begins the next request.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RequestStart(Arc<Mutex<Option<Instant>>>);
+
+impl RequestStart {
+    pub fn new(at: Instant) -> Self {
+        Self(Arc::new(Mutex::new(Some(at))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+
+    fn begun(&self) -> Option<Instant> {
+        *self.lock()
+    }
+
+    fn clear(&self) {
+        *self.lock() = None;
+    }
+}
+
 /// The router's socket: bytes the short lane already read put back in front, and writes that
 /// give up after the write timeout.
 pub(super) struct Replay {
@@ -101,6 +131,7 @@ pub(super) struct Replay {
     pub write_timeout: Duration,
     /// Whether the timer runs for a write that is waiting.
     pub waiting: bool,
+    pub start: RequestStart,
 }
 
 impl Replay {
@@ -145,7 +176,12 @@ impl AsyncRead for Replay {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.conn).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.conn).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.start.mark();
+        }
+        read
     }
 }
 
@@ -183,19 +219,31 @@ impl AsyncWrite for Replay {
     }
 }
 
-/// Middleware of the router: a request body must arrive within `timeout` of its head.
+/// Middleware of the router: a request must be whole within `timeout` of its first byte (of
+/// the head's arrival, for a router not behind this listener), so its body fails at that
+/// deadline however it trickles.
 pub(super) async fn body_deadline(timeout: Duration, req: Request, next: Next) -> Response {
-    if req.body().is_end_stream() {
-        return next.run(req).await;
+    let start = req.extensions().get::<RequestStart>().cloned();
+    let begun = start
+        .as_ref()
+        .and_then(RequestStart::begun)
+        .unwrap_or_else(Instant::now);
+    let answer = if req.body().is_end_stream() {
+        next.run(req).await
+    } else {
+        let deadline = begun + timeout;
+        let req = req.map(|inner| {
+            Body::new(DeadlineBody {
+                inner,
+                sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            })
+        });
+        next.run(req).await
+    };
+    if let Some(start) = start {
+        start.clear();
     }
-    let deadline = Instant::now() + timeout;
-    let req = req.map(|inner| {
-        Body::new(DeadlineBody {
-            inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-        })
-    });
-    next.run(req).await
+    answer
 }
 
 /// A request body that fails once its deadline has passed.

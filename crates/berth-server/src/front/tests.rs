@@ -606,6 +606,78 @@ async fn a_request_must_be_whole_within_its_deadline_however_it_trickles() {
     }
 }
 
+/// On a connection the router serves, the deadline counts from a request's first byte, not from
+/// the end of its head; and each request of the connection has its own.
+#[tokio::test]
+async fn on_the_router_the_deadline_runs_from_the_first_byte_of_each_request() {
+    let limits = Limits {
+        idle: Duration::from_secs(5),
+        request: Duration::from_millis(1500),
+        ..short_limits()
+    };
+    let s = server_with(stub(2).await, limits).await;
+    let chunked = format!(
+        "POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{CHAT_BODY}\r\n0\r\n\r\n",
+        CHAT_BODY.len()
+    );
+    let head_end = chunked.find("\r\n\r\n").unwrap() + 4;
+    let (head, body) = chunked.split_at(head_end);
+
+    // The head takes 1 s in three pieces, then the body trickles: the answer (or the close)
+    // comes 1.5 s after the first byte, not 1.5 s after the head.
+    let conn = TcpStream::connect(s.addr).await.unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    let started = std::time::Instant::now();
+    let answered = tokio::spawn(async move {
+        let mut first = [0u8; 64];
+        let n = rd.read(&mut first).await.unwrap_or(0);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&first[..n]).into_owned(),
+        )
+    });
+    for (i, piece) in [&head[..20], &head[20..40], &head[40..]].iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        wr.write_all(piece.as_bytes()).await.unwrap();
+    }
+    for b in body.as_bytes() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if answered.is_finished() || wr.write_all(&[*b]).await.is_err() {
+            break;
+        }
+    }
+    let (cut_at, text) = tokio::time::timeout(Duration::from_secs(5), answered)
+        .await
+        .expect("an answer or a close")
+        .unwrap();
+    assert!(!text.starts_with("HTTP/1.1 200"), "answered: {text}");
+    assert!(
+        cut_at > Duration::from_millis(1400) && cut_at < Duration::from_millis(2000),
+        "cut off after {cut_at:?}: {text}"
+    );
+
+    // Keep-alive: a request on the router, an idle second, then a second request that takes
+    // 1.2 s in all: within its own deadline, so it is answered.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let list = format!(
+        "GET /api/v1/deployments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\r\n"
+    );
+    conn.write_all(list.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_reply(&mut conn, &mut buf).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let pieces = body.len().div_ceil(4);
+    for piece in body.as_bytes().chunks(pieces) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.write_all(piece).await.unwrap();
+    }
+    let reply = read_reply(&mut conn, &mut buf).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
 #[tokio::test]
 async fn a_caller_without_a_key_is_answered_before_its_body() {
     let s = server(stub(2).await).await;
