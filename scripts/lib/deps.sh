@@ -113,6 +113,8 @@ check_console() {
     fi
     command -v npm >/dev/null 2>&1 \
         || plan_add npm "the console's test dependencies are installed with npm ci, and npm is not on PATH"
+    command -v curl >/dev/null 2>&1 \
+        || plan_add curl "the console's browser test runs the playground's curl snippet, and curl is not on PATH"
 }
 
 # Whether tests/console needs `npm ci`: node_modules missing, or made from another lockfile.
