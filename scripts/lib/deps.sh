@@ -94,3 +94,32 @@ check_venv() {
     "$py" -c 'import ensurepip, venv' >/dev/null 2>&1 \
         || plan_add python3-venv "the end-to-end tests run in a virtual environment, and $py cannot make one (no ensurepip)"
 }
+
+# The console's browser test (tests/e2e/test_console.py): Debian's Chromium, driven by
+# playwright-core from npm (tests/console/package-lock.json), which needs Node.js 18 or later.
+#   BERTH_SETUP_CHROMIUM  the browser to check (default: /usr/bin/chromium, what the test runs)
+#   BERTH_SETUP_NODE      the node to check (default: node)
+check_console() {
+    local chromium="${BERTH_SETUP_CHROMIUM:-/usr/bin/chromium}"
+    [[ -x "$chromium" ]] && "$chromium" --version >/dev/null 2>&1 \
+        || plan_add chromium "the console's browser test drives $chromium headless, and it is missing or does not run"
+    local node="${BERTH_SETUP_NODE:-node}" major
+    if ! command -v "$node" >/dev/null 2>&1; then
+        plan_add nodejs "the console's browser test runs on Node.js, and $node is not on PATH"
+    else
+        major=$("$node" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+        ((major >= 18)) \
+            || plan_add nodejs "the console's browser test needs Node.js 18 or later, and $node is ${major:-unknown}"
+    fi
+    command -v npm >/dev/null 2>&1 \
+        || plan_add npm "the console's test dependencies are installed with npm ci, and npm is not on PATH"
+    command -v curl >/dev/null 2>&1 \
+        || plan_add curl "the console's browser test runs the playground's curl snippet, and curl is not on PATH"
+}
+
+# Whether tests/console needs `npm ci`: node_modules missing, or made from another lockfile.
+console_npm_stale() {
+    local dir=tests/console
+    [[ -f "$dir/node_modules/.berth-lock-sha256" ]] || return 0
+    [[ "$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)" != "$(cat "$dir/node_modules/.berth-lock-sha256")" ]]
+}

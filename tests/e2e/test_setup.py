@@ -44,3 +44,22 @@ def test_this_machine_needs_nothing_after_setup(tmp_path):
     out = subprocess.run([str(ROOT / "scripts" / "setup"), "--plan"], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "nothing to install", out.stdout
+
+
+def test_console_browser_and_node_are_planned_when_missing(tmp_path):
+    fake_node = tmp_path / "bin" / "node16"
+    fake_node.parent.mkdir(exist_ok=True)
+    fake_node.write_text("#!/bin/sh\necho 16\n")
+    fake_node.chmod(0o755)
+    env_extra = {"BERTH_SETUP_CHROMIUM": str(tmp_path / "no-chromium"), "BERTH_SETUP_NODE": str(fake_node)}
+    lib = tmp_path / "lib"
+    lib.mkdir(exist_ok=True)
+    (lib / "libclang.so").write_bytes(b"")
+    env = dict(os.environ, BERTH_SETUP_LIBCLANG_DIRS=str(lib), **env_extra)
+    out = subprocess.run([str(ROOT / "scripts" / "setup"), "--plan"], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "install chromium:" in out and "install nodejs: the console's browser test needs Node.js 18" in out, out
+    # Without the test tools, neither is needed.
+    out = subprocess.run([str(ROOT / "scripts" / "setup"), "--plan", "--no-python"], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "chromium" not in out and "nodejs" not in out, out

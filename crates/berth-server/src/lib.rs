@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod error;
 pub mod extract;
@@ -209,6 +210,10 @@ pub async fn serve(
         quotas: state::Quotas::new(config.quota.clone()),
         events,
         replica_logs: config.data_dir.join("replicas"),
+        replicas: {
+            let runtime = runtime.clone();
+            Arc::new(move || berth_runtime::Runtime::observe(runtime.as_ref()))
+        },
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -30,6 +30,7 @@ use crate::state::AppState;
         deployments::stream,
         deployments::workspace_events,
         deployments::logs,
+        deployments::replicas,
         deployments::stats,
     ),
     // The OpenAI-compatible routes' errors (those paths are described in `inference`).

@@ -28,7 +28,12 @@ pub struct AppInner {
     pub events: berth_control::EventHub,
     /// Where replicas' log files are (`<replica id>.log`).
     pub replica_logs: std::path::PathBuf,
+    /// The replicas the runtime knows now, with their states.
+    pub replicas: ReplicaView,
 }
+
+/// What the runtime observes now ([`berth_runtime::Runtime::observe`]).
+pub type ReplicaView = Arc<dyn Fn() -> Vec<berth_runtime::ObservedReplica> + Send + Sync>;
 
 /// Per-workspace quotas, and the lock that makes a quota check and the write it allows one step
 /// (two creates at once cannot both take the last deployment of a quota).
@@ -68,6 +73,7 @@ impl AppState {
             quotas: Quotas::default(),
             events: berth_control::EventHub::default(),
             replica_logs: std::path::PathBuf::new(),
+            replicas: Arc::new(Vec::new),
         })
     }
 }

@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(deployments::router())
         .merge(inference::router())
+        .merge(crate::console::router())
         .route("/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)

@@ -80,6 +80,7 @@ impl TestApp {
             quotas: berth_server::state::Quotas::new(quotas),
             events: berth_control::EventHub::default(),
             replica_logs: std::path::PathBuf::new(),
+            replicas: Arc::new(Vec::new),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

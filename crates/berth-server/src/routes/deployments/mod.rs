@@ -6,6 +6,7 @@ mod get;
 mod list;
 mod logs;
 mod models;
+mod replicas;
 mod scale;
 mod stats;
 mod stream;
@@ -26,6 +27,7 @@ pub use get::__path_get;
 pub use list::__path_list;
 pub use logs::__path_logs;
 pub use models::__path_models;
+pub use replicas::__path_replicas;
 pub use scale::__path_scale;
 pub use stats::__path_stats;
 pub use stream::{__path_stream, __path_workspace_events};
@@ -65,6 +67,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/events", get(stream::workspace_events))
         .route("/api/v1/deployments/{deployed_model}/logs", get(logs::logs))
+        .route(
+            "/api/v1/deployments/{deployed_model}/replicas",
+            get(replicas::replicas),
+        )
         .route(
             "/api/v1/deployments/{deployed_model}/stats",
             get(stats::stats),
