@@ -195,6 +195,7 @@ mod tests {
             tpm_limit: None,
             fail_reason: None,
             status_message: None,
+            autoscaling: None,
             creator: "k".into(),
             modifier: "k".into(),
             gmt_create: Timestamp(1),

@@ -24,6 +24,7 @@ fn dep(name: &str, status: Status, capacity: u32, base: u32) -> Deployment {
         tpm_limit: None,
         fail_reason: None,
         status_message: None,
+        autoscaling: None,
         creator: "k".into(),
         modifier: "k".into(),
         gmt_create: Timestamp(1),
