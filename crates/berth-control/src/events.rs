@@ -26,6 +26,21 @@ pub enum Event {
         state: &'static str,
         reason: Option<String>,
     },
+    /// The autoscaler chose a new target, with the signals that caused it.
+    Autoscaled {
+        workspace_id: String,
+        deployed_model: String,
+        from_capacity: u32,
+        to_capacity: u32,
+        /// `up` or `down`.
+        direction: &'static str,
+        /// See [`crate::autoscale::Decision::reason`].
+        reason: &'static str,
+        in_flight: u32,
+        queued: u32,
+        stable_avg: f64,
+        panic_avg: f64,
+    },
     /// The deployment is gone (its delete finished).
     Removed {
         workspace_id: String,
@@ -39,6 +54,11 @@ impl Event {
         match self {
             Event::Deployment(d) => (&d.workspace_id, &d.deployed_model),
             Event::Replica {
+                workspace_id,
+                deployed_model,
+                ..
+            }
+            | Event::Autoscaled {
                 workspace_id,
                 deployed_model,
                 ..
@@ -226,6 +246,7 @@ mod tests {
                     replica_id, state, ..
                 } => format!("{replica_id} {state}"),
                 Event::Removed { deployed_model, .. } => format!("{deployed_model} removed"),
+                Event::Autoscaled { deployed_model, .. } => format!("{deployed_model} autoscaled"),
             })
             .collect()
     }

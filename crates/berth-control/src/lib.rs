@@ -13,4 +13,4 @@ pub mod reconciler;
 pub use autoscale::{Decision, Demand, Direction, Windows};
 pub use events::{Event, EventHub};
 pub use plan::{plan, Action, FailureState, ModelInfo, Plan, PlanInput};
-pub use reconciler::{Nudge, Reconciler, ReconcilerSettings};
+pub use reconciler::{AutoscaleSettings, DemandProbe, Nudge, Reconciler, ReconcilerSettings};

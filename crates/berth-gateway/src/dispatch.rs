@@ -35,6 +35,18 @@ pub(crate) struct Inner {
     pub routes: Routes,
     pub balancer: Arc<dyn Balancer>,
     pub clock: Clock,
+    /// Told (workspace, deployment) when a call starts waiting for a replica, so that a
+    /// deployment scaled to zero is woken at once.
+    pub wake: std::sync::OnceLock<Wake>,
+}
+
+/// See [`Inner::wake`].
+pub(crate) struct Wake(pub Box<dyn Fn(&str, &str) + Send + Sync>);
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
+    }
 }
 
 /// Reads a replica's whole response body.
@@ -148,6 +160,7 @@ impl Inner {
             routes: Routes::new(),
             balancer,
             clock: Clock::new(),
+            wake: std::sync::OnceLock::new(),
         })
     }
 
@@ -168,6 +181,7 @@ impl Inner {
             if !admitted {
                 admit(&route, now)?;
                 admitted = true;
+                route.state.calls.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(backend) = self.balancer.pick(&route.backends, now) {
                 let guard = InFlight::new(backend.clone());
@@ -212,6 +226,9 @@ impl Inner {
             // the look and the wait is never missed.
             let Some((rx, _, deadline)) = waiter.as_mut() else {
                 waiter = Some(self.enqueue(&route)?);
+                if let Some(wake) = self.wake.get() {
+                    (wake.0)(workspace_id, deployed_model);
+                }
                 continue;
             };
             let deadline = *deadline;
@@ -232,7 +249,9 @@ impl Inner {
                     deployment = deployed_model,
                     "no ready replica within the hold time"
                 );
-                return Err(self.unavailable());
+                // The route as it is now: its measured start time may be newer.
+                let route = self.lookup(workspace_id, deployed_model).unwrap_or(route);
+                return Err(self.unavailable(&route));
             }
         }
     }
@@ -293,14 +312,19 @@ impl Inner {
         let waiting = route.state.waiting.fetch_add(1, Ordering::Relaxed);
         let slot = QueueSlot(route.state.clone());
         if waiting >= self.config.queue_bound || self.config.hold.is_zero() {
-            return Err(self.unavailable());
+            return Err(self.unavailable(route));
         }
         Ok((rx, slot, Instant::now() + self.config.hold))
     }
 
-    fn unavailable(&self) -> GatewayError {
+    /// 503 with `Retry-After`: how long a replica of this model took to start, as the
+    /// reconciler measured it, else the configured default.
+    fn unavailable(&self, route: &Route) -> GatewayError {
         GatewayError::ModelUnavailable {
-            retry_after: self.config.unavailable_retry_after,
+            retry_after: route
+                .entry
+                .start_secs
+                .map_or(self.config.unavailable_retry_after, |s| s.max(1)),
         }
     }
 }

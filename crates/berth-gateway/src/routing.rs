@@ -92,6 +92,8 @@ pub(crate) struct DeploymentState {
     pub tpm: Window,
     /// Requests waiting for a ready replica.
     pub waiting: AtomicUsize,
+    /// Calls admitted (past the rate limits) since the gateway started.
+    pub calls: AtomicU64,
     /// Tokens used by answered requests (from the replicas' `usage`).
     pub tokens_total: AtomicU64,
 }

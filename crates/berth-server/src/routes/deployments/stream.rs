@@ -47,6 +47,21 @@ fn to_json(event: &Event) -> Value {
         Event::Removed { deployed_model, .. } => {
             json!({"type": "deleted", "deployed_model": deployed_model})
         }
+        Event::Autoscaled {
+            deployed_model,
+            from_capacity,
+            to_capacity,
+            direction,
+            reason,
+            in_flight,
+            queued,
+            stable_avg,
+            panic_avg,
+            ..
+        } => json!({"type": "autoscale", "deployed_model": deployed_model,
+                    "from_capacity": from_capacity, "to_capacity": to_capacity,
+                    "direction": direction, "reason": reason, "in_flight": in_flight,
+                    "queued": queued, "stable_avg": stable_avg, "panic_avg": panic_avg}),
     }
 }
 
