@@ -15,7 +15,8 @@
 //!   break (a flapping load keeps its replicas), to the highest want seen meanwhile;
 //! - never while a replica is still starting (it would be the first one stopped);
 //! - never below `min_capacity` or above `max_capacity`; with `min_capacity` 0, the last
-//!   replica goes only after `scale_to_zero_after_secs` without a single call;
+//!   replica goes only after `scale_to_zero_after_secs` without a single call (and with no
+//!   replica starting);
 //! - at zero, any call wakes the deployment at once (the gateway holds it meanwhile).
 
 use std::collections::VecDeque;
@@ -150,8 +151,10 @@ pub fn decide(
     }
     let called = state.last_calls.is_some_and(|c| c != s.demand.calls);
     state.last_calls = Some(s.demand.calls);
-    if demand > 0 || called || state.last_active.is_none() {
-        // The first pass counts as activity: a restart does not scale to zero at once.
+    if demand > 0 || called || s.starting > 0 || state.last_active.is_none() {
+        // A replica starting counts as activity (it was asked for), so the idle time runs
+        // from when it is ready; so does the first pass: a restart does not scale to zero at
+        // once.
         state.last_active = Some(now);
     }
     let idle_for = state

@@ -211,6 +211,32 @@ fn table() {
             want: vec![(3, 1, "wake"), (30, 0, "idle")],
         },
         Case {
+            // Woken by a call that gave up (a short hold), with a start longer than the idle
+            // time: the idle time runs from when the replica is ready, not from the call.
+            name: "zero: idle time runs from the end of the start",
+            autoscaling: scaling(0, 2, 4, 0, 3),
+            windows: windows(2, 1),
+            replicas: 0,
+            ticks: concat(vec![
+                vec![
+                    load(0),
+                    Tick {
+                        new_calls: 1,
+                        ..load(0)
+                    },
+                ],
+                repeat(
+                    Tick {
+                        starting: 1,
+                        ..load(0)
+                    },
+                    5,
+                ),
+                repeat(load(0), 5),
+            ]),
+            want: vec![(1, 1, "wake"), (9, 0, "idle")],
+        },
+        Case {
             // A burst on a deployment at zero asks for more than one replica at once.
             name: "zero: a burst wakes more than one replica",
             autoscaling: scaling(0, 4, 2, 5, 10),
