@@ -7,7 +7,9 @@ import time
 
 import requests
 
-from conftest import SMOLLM, stub_config, wait_for
+import re
+
+from conftest import SMOLLM, replica_headers, replica_ports, stub_config, wait_for
 
 TIMINGS = """
 [autoscaler]
@@ -44,7 +46,7 @@ class Events:
                 event = json.loads(line[5:])
                 if event["type"] == "autoscale":
                     self.autoscale.append(event)
-        except (requests.RequestException, ValueError):
+        except Exception:  # noqa: BLE001 - the stream was closed under the reader
             pass
 
     def close(self):
@@ -122,6 +124,14 @@ def test_zero_wake_burst_and_back_to_zero_without_a_failed_call(berth_factory):
     for t in threads:
         t.join(timeout=120)
     assert second_ready is not None, f"no second replica within 90 s\n{s.logs()}"
+    # Both replicas answered calls (each counts its own; asked before the scale-down, which
+    # waits for the stable window and the delay).
+    served = {}
+    for port in replica_ports(s):
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", headers=replica_headers(port), timeout=5).text
+        ok = re.search(r'berth_engine_requests_total\{outcome="ok"\} (\d+)', text)
+        served[port] = int(ok.group(1)) if ok else 0
+    assert len(served) == 2 and all(n > 0 for n in served.values()), served
 
     # Idle: back to one, then to zero, the last replica drained and stopped.
     idle_start = time.time()
@@ -136,7 +146,8 @@ def test_zero_wake_burst_and_back_to_zero_without_a_failed_call(berth_factory):
     bad = [r for r in results if r != "ok"]
     print(f"\nautoscaling: {len(results)} calls ({len(threads)} streams), {len(bad)} failed or truncated; "
           f"wake-from-zero call answered in {wake:.1f} s; second replica ready {second_ready:.1f} s "
-          f"after the burst began; back to zero {to_zero:.1f} s after the last call")
+          f"after the burst began; calls answered per replica {sorted(served.values())}; "
+          f"back to zero {to_zero:.1f} s after the last call")
     assert bad == [] and len(results) == len(threads) + 1, bad
     moves = [(e["from_capacity"], e["to_capacity"], e["reason"]) for e in events.autoscale]
     print(f"autoscale events: {moves}")
