@@ -8,3 +8,4 @@ pub mod envelope;
 pub mod generation;
 pub mod integer;
 pub mod openai;
+pub mod stats;

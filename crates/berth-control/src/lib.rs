@@ -7,10 +7,12 @@
 
 pub mod autoscale;
 pub mod events;
+pub mod metrics;
 pub mod plan;
 pub mod reconciler;
 
 pub use autoscale::{Decision, Demand, Direction, Windows};
 pub use events::{Event, EventHub};
+pub use metrics::ReconcilerMetrics;
 pub use plan::{plan, Action, FailureState, ModelInfo, Plan, PlanInput};
 pub use reconciler::{AutoscaleSettings, DemandProbe, Nudge, Reconciler, ReconcilerSettings};

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::autoscale::{decide, Demand, ScaleState, Signals, Windows};
 use crate::events::{self, Event, EventHub};
+use crate::metrics::ReconcilerMetrics;
 use crate::plan::{plan, Action, FailureState, Key, ModelInfo, PlanInput};
 
 /// Wakes the reconciler after the API changed desired state.
@@ -105,6 +106,7 @@ pub struct Reconciler {
     starting: HashMap<String, String>,
     /// The last measured start time of each model, seconds rounded up.
     start_secs: HashMap<String, u64>,
+    metrics: ReconcilerMetrics,
 }
 
 impl Reconciler {
@@ -137,7 +139,14 @@ impl Reconciler {
             autoscaled_any: false,
             starting: HashMap::new(),
             start_secs: HashMap::new(),
+            metrics: ReconcilerMetrics::default(),
         }
+    }
+
+    /// Where pass durations, failures and replica states are counted.
+    pub fn with_metrics(mut self, metrics: ReconcilerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Where the autoscaler's signals come from (the gateway), and its timing; without it an
@@ -176,7 +185,11 @@ impl Reconciler {
     /// Runs passes until `stop` is cancelled, then stops every replica.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
-            if let Err(e) = self.pass().await {
+            let started = Instant::now();
+            let result = self.pass().await;
+            self.metrics
+                .pass(started.elapsed().as_secs_f64(), result.is_ok());
+            if let Err(e) = result {
                 tracing::error!(error = %e, "reconcile pass failed");
             }
             let next_retry = self
@@ -335,6 +348,7 @@ impl Reconciler {
         let now = self.store.all_deployments().await?;
         // The replicas as this pass saw them (observing again here would mark changes since as
         // seen, and the loop would not wake for them).
+        self.metrics.replicas(&observed);
         let changes = events::diff(&mut self.seen, &now, &observed);
         self.events.publish(changes);
         Ok(())
@@ -510,6 +524,7 @@ impl Reconciler {
     }
 
     fn record_failure(&mut self, key: Key, generation: i64, reason: String) {
+        self.metrics.start_failed(&key.0, &key.1);
         let entry = self.failures.entry(key).or_insert(FailureState {
             generation,
             count: 0,

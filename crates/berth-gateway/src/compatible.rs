@@ -14,8 +14,9 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use memchr::memmem;
 
-use crate::dispatch::{read_body, Accounting, Dispatched, Reply};
+use crate::dispatch::{read_body, Accounting, Dispatched, Reply, Tokens};
 use crate::error::GatewayError;
+use crate::metrics::Api;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
 use crate::upstream::BodyReader;
@@ -34,16 +35,23 @@ impl Gateway {
         workspace_id: &str,
         body: Bytes,
     ) -> Result<GatewayResponse, GatewayError> {
+        let unrouted = |e: GatewayError| {
+            self.inner
+                .routes
+                .metrics
+                .unrouted(workspace_id, Api::Compatible, 400);
+            e
+        };
         let peek: ChatRequestPeek = serde_json::from_slice(&body).map_err(|e| {
-            GatewayError::InvalidParameter(format!(
+            unrouted(GatewayError::InvalidParameter(format!(
                 "Required body invalid, please check the request body format: {e}"
-            ))
+            )))
         })?;
         if peek.model.is_empty() {
-            return Err(GatewayError::InvalidParameter(
+            return Err(unrouted(GatewayError::InvalidParameter(
                 "Required parameter(model) missing or invalid, please check the request parameters."
                     .into(),
-            ));
+            )));
         }
         let stream = peek.stream.unwrap_or(false);
         let client_wants_usage = peek
@@ -54,7 +62,7 @@ impl Gateway {
             // `"stream_options": null` reads as absent but is a key: splicing another in would
             // make the body a duplicate-key object.
             let has_key = peek.stream_options.is_some() || STREAM_OPTIONS_KEY.find(&body).is_some();
-            with_usage(&body, has_key)?
+            with_usage(&body, has_key).map_err(unrouted)?
         } else {
             body.clone()
         };
@@ -64,14 +72,21 @@ impl Gateway {
             mut usage,
         } = self
             .inner
-            .dispatch(workspace_id, &peek.model, upstream_body, stream)
+            .dispatch(
+                workspace_id,
+                &peek.model,
+                upstream_body,
+                stream,
+                Api::Compatible,
+            )
             .await?;
         let resp = match reply {
             Reply::Whole(answer) => {
                 drop(guard);
+                usage.set_code(answer.status);
                 if answer.status == 200 {
-                    if let Some(total_tokens) = answer_usage(&answer.body) {
-                        usage.record(total_tokens);
+                    if let Some(tokens) = answer_usage(&answer.body) {
+                        usage.record(tokens);
                     }
                 }
                 return Ok(GatewayResponse::full(answer.status, JSON, answer.body));
@@ -80,7 +95,8 @@ impl Gateway {
         };
         let status = resp.status;
         if !(200..300).contains(&status) {
-            let bytes = read_body(resp.body).await?;
+            usage.set_code(status);
+            let bytes = read_body(resp.body).await.map_err(|e| usage.failed(e))?;
             return Ok(GatewayResponse::full(status, JSON, bytes));
         }
         let body = UsageTap {
@@ -129,21 +145,21 @@ static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
 static USAGE_KEY_REV: LazyLock<memmem::FinderRev<'static>> =
     LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
 
-/// `usage.total_tokens` of a whole completion. `usage` is the completion's last member, so it
-/// is found from the end and only it is parsed, provided nothing but the closing brace follows
-/// it; any other body is parsed whole.
-fn answer_usage(body: &[u8]) -> Option<u64> {
+/// `usage` of a whole completion. `usage` is the completion's last member, so it is found from
+/// the end and only it is parsed, provided nothing but the closing brace follows it; any other
+/// body is parsed whole.
+fn answer_usage(body: &[u8]) -> Option<Tokens> {
     let tail = USAGE_KEY_REV.rfind(body).and_then(|at| {
         let rest = body[at + 7..].trim_ascii_start().strip_prefix(b":")?;
         let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
         let usage = values.next()?.ok()?;
-        (rest[values.byte_offset()..].trim_ascii() == b"}").then_some(usage.total_tokens)
+        (rest[values.byte_offset()..].trim_ascii() == b"}").then(|| Tokens::from(&usage))
     });
     tail.or_else(|| {
         serde_json::from_slice::<UsagePeek>(body)
             .ok()?
             .usage
-            .map(|u| u.total_tokens)
+            .map(|u| Tokens::from(&u))
     })
 }
 
@@ -170,19 +186,22 @@ impl UsageTap {
     fn inspect(&mut self, events: Bytes) -> Bytes {
         self.usage.saw_chunks(content_chunks(&events));
         let (events, usage) = take_usage(events, self.strip_usage);
-        if let Some(total_tokens) = usage {
+        if let Some(tokens) = usage {
             // Running (continuous usage stats) or final: the last one seen is charged when the
             // stream ends.
-            self.usage.observe(total_tokens);
+            self.usage.observe(tokens);
+        }
+        if !events.is_empty() {
+            self.usage.first_chunk();
         }
         events
     }
 }
 
-/// Reads the usage (the last `total_tokens`) of `events` (whole events) and, with `strip`, takes out the
+/// Reads the usage (the last one) of `events` (whole events) and, with `strip`, takes out the
 /// usage-only chunk. Only the events that mention `"usage"` are parsed; the rest pass as they
 /// are, uncopied when nothing is taken out.
-fn take_usage(events: Bytes, strip: bool) -> (Bytes, Option<u64>) {
+fn take_usage(events: Bytes, strip: bool) -> (Bytes, Option<Tokens>) {
     let mut usage = None;
     let mut kept: Option<BytesMut> = None;
     // Start of the part not yet copied into `kept`.
@@ -199,7 +218,7 @@ fn take_usage(events: Bytes, strip: bool) -> (Bytes, Option<u64>) {
             choices,
         }) = peek
         {
-            usage = Some(u.total_tokens);
+            usage = Some(Tokens::from(&u));
             if strip && choices.is_none_or(|c| c.is_empty()) {
                 kept.get_or_insert_with(|| BytesMut::with_capacity(events.len()))
                     .extend_from_slice(&events[copied..start]);
@@ -240,7 +259,8 @@ impl Stream for UsageTap {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;
-                    return Poll::Ready(Some(Err(GatewayError::Upstream(e.into()))));
+                    let e = this.usage.failed(GatewayError::Upstream(e.into()));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
                     this.ended = true;
@@ -290,28 +310,28 @@ data: [DONE]
 
         let (out, usage) = take_usage(all.clone(), false);
         assert_eq!(
-            (out.as_ptr(), usage),
+            (out.as_ptr(), usage.map(|t| t.total)),
             (all.as_ptr(), Some(9)),
             "kept, uncopied"
         );
         let (out, usage) = take_usage(all, true);
         assert_eq!(out, format!("{content}{done}"));
-        assert_eq!(usage, Some(9));
+        assert_eq!(usage.map(|t| t.total), Some(9));
 
         // A chunk with choices keeps its place (continuous usage stats put usage on every
         // chunk); the last usage is the running total.
         let all = Bytes::from(format!("{with_usage}{content}{usage_only}"));
         let (out, usage) = take_usage(all, true);
         assert_eq!(out, format!("{with_usage}{content}"));
-        assert_eq!(usage, Some(9));
+        assert_eq!(usage.map(|t| t.total), Some(9));
         let (_, usage) = take_usage(Bytes::from(format!("{content}{with_usage}{content}")), true);
-        assert_eq!(usage, Some(3));
+        assert_eq!(usage.map(|t| t.total), Some(3));
 
         let plain = Bytes::from(format!("{content}{done}"));
         assert_eq!(take_usage(plain.clone(), true), (plain, None));
         // An unterminated last event is read too.
         let (out, usage) = take_usage(Bytes::from(usage_only.trim_end().to_owned()), true);
-        assert_eq!((out.len(), usage), (0, Some(9)));
+        assert_eq!((out.len(), usage.map(|t| t.total)), (0, Some(9)));
     }
 
     #[test]
@@ -320,13 +340,26 @@ data: [DONE]
         let at_end = format!(
             r#"{{"id":"c","choices":[{{"message":{{"content":"\"usage\":1"}}}}],{usage}}}"#
         );
-        assert_eq!(answer_usage(at_end.as_bytes()), Some(7));
-        assert_eq!(answer_usage(format!("{at_end}\n").as_bytes()), Some(7));
+        assert_eq!(
+            answer_usage(at_end.as_bytes()),
+            Some(Tokens {
+                input: 5,
+                output: 2,
+                total: 7
+            })
+        );
+        assert_eq!(
+            answer_usage(format!("{at_end}\n").as_bytes()).map(|t| t.total),
+            Some(7)
+        );
         // Not last, or nested: the whole body is read, and the top-level usage wins.
         let first = format!(r#"{{{usage},"x":{{"usage":{{"total_tokens":99}}}}}}"#);
-        assert_eq!(answer_usage(first.as_bytes()), Some(7));
+        assert_eq!(answer_usage(first.as_bytes()).map(|t| t.total), Some(7));
         let nested_last = format!(r#"{{"x":{{"usage":{{"total_tokens":99}}}},{usage}}}"#);
-        assert_eq!(answer_usage(nested_last.as_bytes()), Some(7));
+        assert_eq!(
+            answer_usage(nested_last.as_bytes()).map(|t| t.total),
+            Some(7)
+        );
         let nested_only = r#"{"x":{"usage":{"total_tokens":99}}}"#;
         assert_eq!(answer_usage(nested_only.as_bytes()), None);
         assert_eq!(answer_usage(br#"{"usage":null}"#), None);

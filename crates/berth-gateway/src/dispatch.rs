@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::balance::Balancer;
 use crate::error::GatewayError;
+use crate::metrics::{Api, Ended, GatewayMetrics};
 use crate::routing::{Backend, Clock, DeploymentState, InFlight, Route, Routes};
 use crate::upstream::{self, Answer, BodyReader, Streaming};
 use crate::GatewayConfig;
@@ -79,7 +80,29 @@ enum SendFailure {
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Charges the tokens of one response to its deployment, once.
+/// Token counts of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub total: u64,
+}
+
+impl From<&berth_api::openai::Usage> for Tokens {
+    fn from(u: &berth_api::openai::Usage) -> Self {
+        Self {
+            input: u.prompt_tokens,
+            output: u.completion_tokens,
+            total: u.total_tokens,
+        }
+    }
+}
+
+/// One call, from the moment it names a deployment of its workspace until it ends.
+///
+/// It charges the call's tokens to the deployment once (the `tpm_limit` window) and, when
+/// dropped, records how the call ended ([`crate::metrics`]): status, duration, time to the
+/// first streamed chunk, tokens.
 ///
 /// A stream reports its exact usage in its last chunk (and, with continuous usage stats, the
 /// usage so far in every chunk). One that ends before it (the client left, the replica broke
@@ -90,19 +113,37 @@ pub(crate) struct Accounting {
     state: Arc<DeploymentState>,
     tpm_limit: Option<u64>,
     clock: Clock,
+    api: Api,
+    started: std::time::Instant,
+    first_chunk: Option<f64>,
+    code: u16,
     /// Content chunks seen in a stream whose usage has not come yet.
     seen: u64,
-    /// The latest running total seen in a stream.
-    running: Option<u64>,
-    charged: bool,
+    /// The latest running usage seen in a stream.
+    running: Option<Tokens>,
+    charged: Option<Tokens>,
 }
 
 impl Accounting {
+    fn new(route: &Route, clock: Clock, api: Api, started: std::time::Instant) -> Self {
+        Self {
+            state: route.state.clone(),
+            tpm_limit: route.entry.tpm_limit,
+            clock,
+            api,
+            started,
+            first_chunk: None,
+            code: 200,
+            seen: 0,
+            running: None,
+            charged: None,
+        }
+    }
+
     /// Charges the response's exact usage (only the first call counts).
-    pub fn record(&mut self, total_tokens: u64) {
-        if !self.charged {
-            self.charged = true;
-            self.charge(total_tokens);
+    pub fn record(&mut self, tokens: Tokens) {
+        if self.charged.is_none() {
+            self.charge(tokens);
         }
     }
 
@@ -111,36 +152,70 @@ impl Accounting {
         self.seen += n;
     }
 
-    /// Notes a running total (usage so far) of a stream; the latest is charged if the stream
-    /// ends without [`Self::record`] or [`Self::record_running`] (when it is dropped).
-    pub fn observe(&mut self, total_tokens: u64) {
-        self.running = Some(total_tokens);
+    /// Notes a running usage (so far) of a stream; the latest is charged if the stream ends
+    /// without [`Self::record`] or [`Self::record_running`] (when it is dropped).
+    pub fn observe(&mut self, tokens: Tokens) {
+        self.running = Some(tokens);
     }
 
-    /// Charges the latest running total, if any, at the end of a stream.
+    /// Charges the latest running usage, if any, at the end of a stream.
     pub fn record_running(&mut self) {
-        if let Some(total) = self.running {
-            self.record(total);
+        if let Some(t) = self.running {
+            self.record(t);
         }
     }
 
-    fn charge(&self, tokens: u64) {
-        self.state.tokens_total.fetch_add(tokens, Ordering::Relaxed);
+    /// The first chunk of a stream goes to the client now.
+    pub fn first_chunk(&mut self) {
+        if self.first_chunk.is_none() {
+            self.first_chunk = Some(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The HTTP status the client gets (200 unless set).
+    pub fn set_code(&mut self, code: u16) {
+        self.code = code;
+    }
+
+    /// The call ends with `e`: recorded with its status.
+    pub fn failed(&mut self, e: GatewayError) -> GatewayError {
+        self.code = e.code().http_status();
+        e
+    }
+
+    fn charge(&mut self, tokens: Tokens) {
+        self.charged = Some(tokens);
+        self.state
+            .tokens_total
+            .fetch_add(tokens.total, Ordering::Relaxed);
         if let Some(limit) = self.tpm_limit {
-            self.state.tpm.charge(tokens, limit, self.clock.now());
+            self.state.tpm.charge(tokens.total, limit, self.clock.now());
         }
     }
 }
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        if !self.charged {
+        if self.charged.is_none() {
             match self.running {
-                Some(total) => self.charge(total),
-                None if self.seen > 0 => self.charge(self.seen),
+                Some(t) => self.charge(t),
+                None if self.seen > 0 => self.charge(Tokens {
+                    input: 0,
+                    output: self.seen,
+                    total: self.seen,
+                }),
                 None => {}
             }
         }
+        let tokens = self.charged.unwrap_or_default();
+        self.state.metrics.ended(&Ended {
+            api: self.api,
+            code: self.code,
+            duration_s: self.started.elapsed().as_secs_f64(),
+            ttft_s: self.first_chunk,
+            input_tokens: tokens.input,
+            output_tokens: tokens.output,
+        });
     }
 }
 
@@ -154,10 +229,14 @@ impl Drop for QueueSlot {
 }
 
 impl Inner {
-    pub fn new(config: GatewayConfig, balancer: Arc<dyn Balancer>) -> Result<Self, GatewayError> {
+    pub fn new(
+        config: GatewayConfig,
+        balancer: Arc<dyn Balancer>,
+        metrics: GatewayMetrics,
+    ) -> Result<Self, GatewayError> {
         Ok(Self {
             config,
-            routes: Routes::new(),
+            routes: Routes::new(metrics),
             balancer,
             clock: Clock::new(),
             wake: std::sync::OnceLock::new(),
@@ -165,24 +244,42 @@ impl Inner {
     }
 
     /// Sends `body` to a ready replica of `deployed_model` in `workspace_id`; with `stream`,
-    /// returns as soon as the response head is in, otherwise with the whole answer.
+    /// returns as soon as the response head is in, otherwise with the whole answer. The call
+    /// is recorded as coming through `api`; one that fails here is recorded with its error.
     pub async fn dispatch(
         &self,
         workspace_id: &str,
         deployed_model: &str,
         body: Bytes,
         stream: bool,
+        api: Api,
     ) -> Result<Dispatched, GatewayError> {
-        let mut admitted = false;
-        let mut waiter: Option<(tokio::sync::watch::Receiver<u64>, QueueSlot, Instant)> = None;
-        loop {
-            let route = self.lookup(workspace_id, deployed_model)?;
-            let now = self.clock.now();
-            if !admitted {
-                admit(&route, now)?;
-                admitted = true;
-                route.state.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let mut route = match self.lookup(workspace_id, deployed_model) {
+            Ok(route) => route,
+            Err(e) => {
+                self.routes
+                    .metrics
+                    .unrouted(workspace_id, api, e.code().http_status());
+                return Err(e);
             }
+        };
+        let mut usage = Accounting::new(&route, self.clock, api, started);
+        if let Err(e) = admit(&route, self.clock.now()) {
+            return Err(usage.failed(e));
+        }
+        route.state.calls.fetch_add(1, Ordering::Relaxed);
+        let mut waiter: Option<(tokio::sync::watch::Receiver<u64>, QueueSlot, Instant)> = None;
+        let held = |waiter: &Option<(_, _, Instant)>, route: &Route| {
+            if let Some((_, _, deadline)) = waiter {
+                route
+                    .state
+                    .metrics
+                    .held((*deadline - self.config.hold).into_std());
+            }
+        };
+        loop {
+            let now = self.clock.now();
             if let Some(backend) = self.balancer.pick(&route.backends, now) {
                 let guard = InFlight::new(backend.clone());
                 let sent = if stream {
@@ -192,14 +289,7 @@ impl Inner {
                 };
                 match sent {
                     Ok(reply) => {
-                        let usage = Accounting {
-                            state: route.state.clone(),
-                            tpm_limit: route.entry.tpm_limit,
-                            clock: self.clock,
-                            seen: 0,
-                            running: None,
-                            charged: false,
-                        };
+                        held(&waiter, &route);
                         return Ok(Dispatched {
                             reply,
                             guard,
@@ -217,43 +307,63 @@ impl Inner {
                             error = %e,
                             "replica refused the connection; ejected"
                         );
-                        continue;
                     }
-                    Err(SendFailure::Other(e)) => return Err(GatewayError::Upstream(e)),
+                    Err(SendFailure::Other(e)) => {
+                        held(&waiter, &route);
+                        return Err(usage.failed(GatewayError::Upstream(e)));
+                    }
+                }
+            } else {
+                // No replica to send to. Subscribe first, then look again, so a publish
+                // between the look and the wait is never missed.
+                let Some((rx, _, deadline)) = waiter.as_mut() else {
+                    match self.enqueue(&route) {
+                        Ok(w) => waiter = Some(w),
+                        Err(e) => return Err(usage.failed(e)),
+                    }
+                    if let Some(wake) = self.wake.get() {
+                        (wake.0)(workspace_id, deployed_model);
+                    }
+                    route = self.relookup(workspace_id, deployed_model, &mut usage)?;
+                    continue;
+                };
+                let deadline = *deadline;
+                let mut wake = deadline;
+                if let Some(back) = route
+                    .next_unejection()
+                    .filter(|_| !route.backends.is_empty())
+                {
+                    let in_ns = back.saturating_sub(self.clock.now());
+                    wake = wake.min(Instant::now() + Duration::from_nanos(in_ns));
+                }
+                tokio::select! {
+                    _ = rx.changed() => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+                if Instant::now() >= deadline {
+                    tracing::info!(
+                        deployment = deployed_model,
+                        "no ready replica within the hold time"
+                    );
+                    held(&waiter, &route);
+                    // The route as it is now: its measured start time may be newer.
+                    let latest = self.lookup(workspace_id, deployed_model).unwrap_or(route);
+                    return Err(usage.failed(self.unavailable(&latest)));
                 }
             }
-            // No replica to send to. Subscribe first, then look again, so a publish between
-            // the look and the wait is never missed.
-            let Some((rx, _, deadline)) = waiter.as_mut() else {
-                waiter = Some(self.enqueue(&route)?);
-                if let Some(wake) = self.wake.get() {
-                    (wake.0)(workspace_id, deployed_model);
-                }
-                continue;
-            };
-            let deadline = *deadline;
-            let mut wake = deadline;
-            if let Some(back) = route
-                .next_unejection()
-                .filter(|_| !route.backends.is_empty())
-            {
-                let in_ns = back.saturating_sub(self.clock.now());
-                wake = wake.min(Instant::now() + Duration::from_nanos(in_ns));
-            }
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = tokio::time::sleep_until(wake) => {}
-            }
-            if Instant::now() >= deadline {
-                tracing::info!(
-                    deployment = deployed_model,
-                    "no ready replica within the hold time"
-                );
-                // The route as it is now: its measured start time may be newer.
-                let route = self.lookup(workspace_id, deployed_model).unwrap_or(route);
-                return Err(self.unavailable(&route));
-            }
+            route = self.relookup(workspace_id, deployed_model, &mut usage)?;
         }
+    }
+
+    /// The deployment's route in the newest snapshot (it may have been deleted meanwhile).
+    fn relookup(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        usage: &mut Accounting,
+    ) -> Result<Arc<Route>, GatewayError> {
+        self.lookup(workspace_id, deployed_model)
+            .map_err(|e| usage.failed(e))
     }
 
     async fn send_streaming(&self, backend: &Backend, body: Bytes) -> Result<Reply, SendFailure> {
@@ -331,12 +441,17 @@ impl Inner {
 
 /// Rate limits, checked once per request before it waits or is sent.
 fn admit(route: &Route, now: u64) -> Result<(), GatewayError> {
-    let limited = |retry_after| GatewayError::RateLimited { retry_after };
+    let limited = |limit: &'static str| {
+        move |retry_after| {
+            route.state.metrics.throttled(limit);
+            GatewayError::RateLimited { retry_after }
+        }
+    };
     if route.entry.tpm_limit.is_some() {
-        route.state.tpm.check(now).map_err(limited)?;
+        route.state.tpm.check(now).map_err(limited("tpm"))?;
     }
     if let Some(rpm) = route.entry.rpm_limit {
-        route.state.rpm.take_one(rpm, now).map_err(limited)?;
+        route.state.rpm.take_one(rpm, now).map_err(limited("rpm"))?;
     }
     Ok(())
 }

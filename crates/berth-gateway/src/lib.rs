@@ -19,6 +19,7 @@ mod compatible;
 mod dispatch;
 mod error;
 mod limit;
+mod metrics;
 mod native;
 mod routing;
 mod sse;
@@ -42,6 +43,7 @@ pub mod fuzzing {
     pub use crate::upstream::check_response;
 }
 pub use error::GatewayError;
+pub use metrics::{Api, GatewayMetrics};
 pub use routing::{Backend, InFlight};
 
 /// Tunables of the gateway. `Default` gives the documented defaults.
@@ -161,8 +163,34 @@ impl Gateway {
         balancer: Arc<dyn Balancer>,
     ) -> Result<Self, GatewayError> {
         Ok(Self {
-            inner: Arc::new(dispatch::Inner::new(config, balancer)?),
+            inner: Arc::new(dispatch::Inner::new(
+                config,
+                balancer,
+                GatewayMetrics::default(),
+            )?),
         })
+    }
+
+    /// The gateway's Prometheus families, to register with the server's registry.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.inner.routes.metrics
+    }
+
+    /// Sets the gauges from the current routing snapshot; call before encoding a scrape.
+    pub fn sample_gauges(&self) {
+        self.inner.routes.sample_gauges();
+    }
+
+    /// A deployment's recent intervals ([`berth_api::stats`]), oldest first; `None` when it
+    /// is not in routing.
+    pub fn stats(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+    ) -> Option<Vec<berth_api::stats::StatsPoint>> {
+        let snap = self.inner.routes.load();
+        snap.get(workspace_id, deployed_model)
+            .map(|r| r.state.metrics.points())
     }
 
     /// Replaces the routing table (called by the reconciler after every pass, through the

@@ -28,8 +28,9 @@ use berth_core::ErrorCode;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 
-use crate::dispatch::{read_body, Accounting, Dispatched, Reply};
+use crate::dispatch::{read_body, Accounting, Dispatched, Reply, Tokens};
 use crate::error::GatewayError;
+use crate::metrics::Api;
 use crate::routing::InFlight;
 use crate::sse::{self, Frames};
 use crate::upstream::BodyReader;
@@ -55,25 +56,38 @@ impl Gateway {
         stream: bool,
         body: Bytes,
     ) -> Result<GatewayResponse, GatewayError> {
-        let req: GenerationRequest = parse(&body)?;
-        let (format, incremental) = validate(&req)?;
+        let unrouted = |e: GatewayError| {
+            self.inner
+                .routes
+                .metrics
+                .unrouted(workspace_id, Api::Native, e.code().http_status());
+            e
+        };
+        let req: GenerationRequest = parse(&body).map_err(unrouted)?;
+        let (format, incremental) = validate(&req).map_err(unrouted)?;
         let want_logprobs = req.parameters.logprobs == Some(true);
         let upstream = serde_json::to_vec(&to_chat(&req, stream))
-            .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
+            .map_err(|e| unrouted(GatewayError::InvalidParameter(e.to_string())))?;
         let Dispatched {
             reply,
             guard,
             mut usage,
         } = self
             .inner
-            .dispatch(workspace_id, &req.model, upstream.into(), stream)
+            .dispatch(
+                workspace_id,
+                &req.model,
+                upstream.into(),
+                stream,
+                Api::Native,
+            )
             .await?;
         let bytes = match reply {
             Reply::Streaming(resp) => {
                 if !(200..300).contains(&resp.status) {
                     let status = resp.status;
                     let body = read_body(resp.body).await.unwrap_or_default();
-                    return Err(upstream_error(status, &body));
+                    return Err(usage.failed(upstream_error(status, &body)));
                 }
                 let body = NativeStream {
                     upstream: resp.body,
@@ -98,15 +112,15 @@ impl Gateway {
             Reply::Whole(answer) => {
                 drop(guard);
                 if !(200..300).contains(&answer.status) {
-                    return Err(upstream_error(answer.status, &answer.body));
+                    return Err(usage.failed(upstream_error(answer.status, &answer.body)));
                 }
                 answer.body
             }
         };
         let done: ChatCompletion = serde_json::from_slice(&bytes)
-            .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+            .map_err(|e| usage.failed(GatewayError::UpstreamProtocol(e.to_string())))?;
         let u = done.usage.unwrap_or_default();
-        usage.record(u.total_tokens);
+        usage.record(Tokens::from(&u));
         let choice = done.choices.first();
         let text = choice
             .and_then(|c| c.message.content.as_deref())
@@ -126,8 +140,8 @@ impl Gateway {
             usage: GenerationUsage::new(u.prompt_tokens, u.completion_tokens),
             request_id,
         };
-        let json =
-            serde_json::to_vec(&out).map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+        let json = serde_json::to_vec(&out)
+            .map_err(|e| usage.failed(GatewayError::UpstreamProtocol(e.to_string())))?;
         Ok(GatewayResponse::full(200, JSON, json.into()))
     }
 }
@@ -437,9 +451,13 @@ impl NativeStream {
         let reason = self.finish.take().unwrap_or_else(|| "stop".into());
         if let Some(u) = self.upstream_usage {
             self.output_tokens = u.completion_tokens;
-            self.usage.record(u.total_tokens);
+            self.usage.record(Tokens::from(&u));
         } else {
-            self.usage.record(self.output_tokens);
+            self.usage.record(Tokens {
+                input: 0,
+                output: self.output_tokens,
+                total: self.output_tokens,
+            });
         }
         self.write_result(out, &reason);
         self.finished = true;
@@ -484,6 +502,7 @@ impl NativeStream {
     }
 
     fn write_error(&mut self, out: &mut BytesMut, code: ErrorCode, message: &str) {
+        self.usage.set_code(code.http_status());
         self.next_id += 1;
         let _ = write!(
             Writer(out),
@@ -553,6 +572,7 @@ impl Stream for NativeStream {
                 }
             }
             if !out.is_empty() {
+                this.usage.first_chunk();
                 return Poll::Ready(Some(Ok(out.freeze())));
             }
         }

@@ -18,6 +18,7 @@ use berth_core::{RoutingEntry, RoutingTable, Status};
 use tokio::sync::watch;
 
 use crate::limit::Window;
+use crate::metrics::{DeploymentLabels, DeploymentMetrics, GatewayMetrics, ReplicaLabels};
 use crate::upstream::IdleConns;
 
 /// One ready replica of a deployment, as the balancer sees it.
@@ -86,7 +87,7 @@ impl Drop for InFlight {
 }
 
 /// State of one deployment that outlives snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct DeploymentState {
     pub rpm: Window,
     pub tpm: Window,
@@ -96,6 +97,20 @@ pub(crate) struct DeploymentState {
     pub calls: AtomicU64,
     /// Tokens used by answered requests (from the replicas' `usage`).
     pub tokens_total: AtomicU64,
+    pub metrics: DeploymentMetrics,
+}
+
+impl DeploymentState {
+    fn new(metrics: DeploymentMetrics) -> Self {
+        Self {
+            rpm: Window::default(),
+            tpm: Window::default(),
+            waiting: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            tokens_total: AtomicU64::new(0),
+            metrics,
+        }
+    }
 }
 
 /// One deployment in a snapshot.
@@ -140,7 +155,7 @@ impl Snapshot {
             .filter(|r| r.visible())
     }
 
-    fn build(table: &RoutingTable, previous: &Snapshot) -> Self {
+    fn build(table: &RoutingTable, previous: &Snapshot, metrics: &GatewayMetrics) -> Self {
         let mut by_workspace: HashMap<String, HashMap<String, Arc<Route>>> = HashMap::new();
         for entry in table.entries.values() {
             let old = previous
@@ -162,7 +177,11 @@ impl Snapshot {
                     })
                 })
                 .collect();
-            let state = old.map(|r| r.state.clone()).unwrap_or_default();
+            let state = old.map(|r| r.state.clone()).unwrap_or_else(|| {
+                Arc::new(DeploymentState::new(
+                    metrics.deployment(&entry.workspace_id, &entry.deployed_model),
+                ))
+            });
             by_workspace
                 .entry(entry.workspace_id.clone())
                 .or_default()
@@ -201,14 +220,41 @@ pub(crate) struct Routes {
     /// Replicas taken out of routing, while calls they were given may still run: each call holds
     /// its backend, so the backend lives exactly as long as its calls do.
     retired: Mutex<HashMap<String, Weak<Backend>>>,
+    pub metrics: GatewayMetrics,
 }
 
 impl Routes {
-    pub fn new() -> Self {
+    pub fn new(metrics: GatewayMetrics) -> Self {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
             version: watch::Sender::new(0),
             retired: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Sets the gauges (calls in flight per replica, calls waiting per deployment) from the
+    /// current snapshot; series of replicas and deployments that left routing disappear.
+    pub fn sample_gauges(&self) {
+        let snap = self.current.load();
+        self.metrics.in_flight.clear();
+        self.metrics.waiting.clear();
+        for route in snap.by_workspace.values().flat_map(|m| m.values()) {
+            let labels: &DeploymentLabels = &route.state.metrics.labels;
+            for b in &route.backends {
+                self.metrics
+                    .in_flight
+                    .get_or_create(&ReplicaLabels {
+                        workspace: labels.workspace.clone(),
+                        deployment: labels.deployment.clone(),
+                        replica: b.replica_id.clone(),
+                    })
+                    .set(i64::from(b.in_flight()));
+            }
+            self.metrics
+                .waiting
+                .get_or_create(labels)
+                .set(route.state.waiting.load(Ordering::Relaxed) as i64);
         }
     }
 
@@ -217,7 +263,7 @@ impl Routes {
         // Publishers are serialised by the watch channel's lock; readers never take it.
         self.version.send_modify(|v| {
             let previous = self.current.load_full();
-            let next = Snapshot::build(table, &previous);
+            let next = Snapshot::build(table, &previous, &self.metrics);
             let kept: std::collections::HashSet<*const Backend> = next
                 .by_workspace
                 .values()

@@ -16,6 +16,9 @@ use serde::Deserialize;
 pub struct Config {
     /// Address the API listens on.
     pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/livez`, `/readyz`); off when unset. It shows
+    /// every workspace's deployment names, so keep it on loopback or a private network.
+    pub admin_listen: Option<SocketAddr>,
     /// Where the database lives.
     pub data_dir: PathBuf,
     /// Where the default catalog looks for weights files.
@@ -229,6 +232,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
             data_dir: PathBuf::from("./berth-data"),
             models_dir: PathBuf::from("./models"),
             bootstrap_key: None,
@@ -300,6 +304,7 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub models_dir: Option<PathBuf>,
 }
@@ -316,6 +321,7 @@ pub struct Loaded {
 /// holds the two together); misspellings are found by their distance to these names.
 pub const ENV_SETTINGS: &[&str] = &[
     "BERTH_LISTEN",
+    "BERTH_ADMIN_LISTEN",
     "BERTH_DATA_DIR",
     "BERTH_MODELS_DIR",
     "BERTH_BOOTSTRAP_KEY",
@@ -432,6 +438,9 @@ impl Config {
         if let Some(v) = overrides.listen {
             config.listen = v;
         }
+        if let Some(v) = overrides.admin_listen {
+            config.admin_listen = Some(v);
+        }
         if let Some(v) = &overrides.data_dir {
             config.data_dir = v.clone();
         }
@@ -457,6 +466,13 @@ impl Config {
         }
         match key {
             "BERTH_LISTEN" => self.listen = num(value)?,
+            // Empty or `off`: no admin listener.
+            "BERTH_ADMIN_LISTEN" => {
+                self.admin_listen = match value.trim() {
+                    "" | "off" => None,
+                    v => Some(num(v)?),
+                }
+            }
             "BERTH_DATA_DIR" => self.data_dir = PathBuf::from(value),
             "BERTH_MODELS_DIR" => self.models_dir = PathBuf::from(value),
             "BERTH_BOOTSTRAP_KEY" => self.bootstrap_key = Some(value.to_owned()),
@@ -497,6 +513,12 @@ impl Config {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if self.admin_listen == Some(self.listen) && self.listen.port() != 0 {
+            p.push(format!(
+                "admin_listen: {} is the API's address; the admin listener needs its own",
+                self.listen
+            ));
+        }
         let secs = [
             ("reconciler.resync_secs", self.reconciler.resync_secs),
             ("reconciler.backoff_secs", self.reconciler.backoff_secs),

@@ -2,6 +2,7 @@
 //!
 //! Only this crate knows axum and maps errors to HTTP statuses.
 
+pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod config;
@@ -25,7 +26,7 @@ use async_trait::async_trait;
 use berth_control::{Reconciler, ReconcilerSettings};
 use berth_core::ReplicaRecord;
 use berth_runtime::{JournalError, LocalRuntime, LocalRuntimeConfig, ReplicaJournal};
-use berth_store::{CachedStore, SqliteStore, Store};
+use berth_store::{CachedStore, Metered, SqliteStore, Store, StoreMetrics};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -96,10 +97,15 @@ async fn open_sqlite(config: &Config) -> Result<SqliteStore, ServeError> {
 }
 
 /// The store `berth serve` runs on: SQLite with deployments mirrored in memory, so reads of the
-/// API and the reconciler's passes never wait on SQL (this process is their only writer).
-async fn open_serving_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+/// API and the reconciler's passes never wait on SQL (this process is their only writer); its
+/// writes are timed into `metrics`.
+async fn open_serving_store(
+    config: &Config,
+    metrics: &StoreMetrics,
+) -> Result<Arc<dyn Store>, ServeError> {
     let path = config.database_path();
-    let cached = CachedStore::new(open_sqlite(config).await?)
+    let metered = Metered::new(open_sqlite(config).await?, metrics.clone());
+    let cached = CachedStore::new(metered)
         .await
         .map_err(|source| ServeError::Store { path, source })?;
     Ok(Arc::new(cached))
@@ -119,7 +125,8 @@ pub async fn serve(
     // Before anything is read or written: a second server on this directory stops here.
     let _owner = datadir::DataDirLock::acquire(&config.data_dir)?;
     let fd_limit = front::raise_fd_limit();
-    let store = open_serving_store(&config).await?;
+    let store_metrics = StoreMetrics::default();
+    let store = open_serving_store(&config, &store_metrics).await?;
     if let Some(secret) = &config.bootstrap_key {
         keys::ensure_bootstrap(store.as_ref(), secret).await?;
     }
@@ -163,6 +170,13 @@ pub async fn serve(
     }
     let in_flight_gateway = gateway.clone();
     let events = berth_control::EventHub::default();
+    let reconciler_metrics = berth_control::ReconcilerMetrics::default();
+    let admin = Arc::new(admin::Admin::new(
+        gateway.clone(),
+        reconciler_metrics.clone(),
+        &store_metrics,
+        shutdown.clone(),
+    ));
     let reconciler = Reconciler::new(
         store.clone(),
         runtime.clone(),
@@ -199,6 +213,7 @@ pub async fn serve(
         },
     )
     .with_events(events.clone())
+    .with_metrics(reconciler_metrics)
     .keep_replicas_flag(env.keep_replicas.clone());
     let nudge = reconciler.nudge_handle();
     // A call held for a deployment without a ready replica (one scaled to zero) asks for a
@@ -236,8 +251,27 @@ pub async fn serve(
         fd_limit = fd_limit,
         "client connection limit"
     );
+    if let Some(addr) = config.admin_listen {
+        let admin_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        tracing::info!(addr = %admin_listener.local_addr()?, "admin listener (/metrics, /livez, /readyz)");
+        let app = admin::router(admin.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
     let reconciler_stop = CancellationToken::new();
     let reconciler_task = tokio::spawn(reconciler.run(reconciler_stop.clone()));
+    admin
+        .serving
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     front::serve_with(listener, state, shutdown.clone(), limits).await?;
     let keep = env.keep_replicas.load(std::sync::atomic::Ordering::SeqCst);
     if keep {

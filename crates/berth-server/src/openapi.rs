@@ -30,6 +30,7 @@ use crate::state::AppState;
         deployments::stream,
         deployments::workspace_events,
         deployments::logs,
+        deployments::stats,
     ),
     modifiers(&BearerAuth),
     security(("api_key" = [])),

@@ -5,6 +5,7 @@
 
 pub mod cached;
 pub mod conformance;
+pub mod metered;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use berth_core::{
 };
 
 pub use cached::CachedStore;
+pub use metered::{Metered, StoreMetrics};
 pub use sqlite::SqliteStore;
 
 /// Errors a store can return.

@@ -64,6 +64,9 @@ struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the admin listener: /metrics, /livez, /readyz (default: off).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<std::net::SocketAddr>,
     /// Directory the default catalog finds model weights in (default ./models).
     #[arg(long, value_name = "DIR")]
     models_dir: Option<PathBuf>,
@@ -130,6 +133,7 @@ fn serve_main(cli: Cli) -> anyhow::Result<()> {
                 &args.config,
                 Overrides {
                     listen: args.listen,
+                    admin_listen: args.admin_listen,
                     models_dir: args.models_dir,
                     ..Overrides::default()
                 },

@@ -19,13 +19,15 @@ mod file_backed {
     });
 }
 
-mod cached_file_backed {
+/// As `berth serve` runs it: the mirror over timed writes over SQLite.
+mod cached_metered_file_backed {
     berth_store::store_conformance!(async {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = berth_store::SqliteStore::open(&dir.path().join("berth.db"))
             .await
             .expect("open file store");
-        let cached = berth_store::CachedStore::new(store)
+        let metered = berth_store::Metered::new(store, berth_store::StoreMetrics::default());
+        let cached = berth_store::CachedStore::new(metered)
             .await
             .expect("load the mirror");
         (cached, dir)
@@ -55,4 +57,34 @@ async fn cached_store_loads_existing_rows() {
         .await
         .expect("get")
         .is_some());
+}
+
+/// Writes are timed by operation; reads are not.
+#[tokio::test]
+async fn metered_store_times_writes() {
+    use berth_store::conformance::{sample, T0, WS_A};
+    use berth_store::Store;
+    let metrics = berth_store::StoreMetrics::default();
+    let store = berth_store::Metered::new(
+        berth_store::SqliteStore::open_in_memory()
+            .await
+            .expect("open"),
+        metrics.clone(),
+    );
+    for name in ["a", "b"] {
+        store
+            .create_deployment(sample(WS_A, name, T0))
+            .await
+            .expect("create");
+    }
+    store.get_deployment(WS_A, "a").await.expect("get");
+    let mut registry = prometheus_client::registry::Registry::with_prefix("berth");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains("berth_store_write_duration_seconds_count{op=\"create_deployment\"} 2"),
+        "{text}"
+    );
+    assert!(!text.contains("get_deployment"), "{text}");
 }

@@ -7,6 +7,7 @@ mod list;
 mod logs;
 mod models;
 mod scale;
+mod stats;
 mod stream;
 mod update;
 
@@ -27,6 +28,7 @@ pub use list::__path_list;
 pub use logs::__path_logs;
 pub use models::__path_models;
 pub use scale::__path_scale;
+pub use stats::__path_stats;
 pub use stream::{__path_stream, __path_workspace_events};
 pub use update::__path_update;
 
@@ -64,6 +66,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/events", get(stream::workspace_events))
         .route("/api/v1/deployments/{deployed_model}/logs", get(logs::logs))
+        .route(
+            "/api/v1/deployments/{deployed_model}/stats",
+            get(stats::stats),
+        )
 }
 
 /// Validated paging: page number from 1, page size 1..=200.
