@@ -9,7 +9,8 @@ import requests
 
 import re
 
-from conftest import SMOLLM, replica_headers, replica_ports, stub_config, wait_for
+from conftest import SMOLLM, free_port, replica_headers, replica_ports, stub_config, wait_for
+from test_metrics import scrape, value
 
 TIMINGS = """
 [autoscaler]
@@ -77,7 +78,9 @@ def test_zero_wake_burst_and_back_to_zero_without_a_failed_call(berth_factory):
     from openai import OpenAI
 
     assert SMOLLM.exists(), f"weights missing: {SMOLLM}"
-    s = berth_factory("[reconciler]\nresync_secs = 0.5\ndrain_secs = 60\n" + TIMINGS)
+    admin = f"http://127.0.0.1:{free_port()}"
+    s = berth_factory("[reconciler]\nresync_secs = 0.5\ndrain_secs = 60\n" + TIMINGS,
+                      env={"BERTH_ADMIN_LISTEN": admin.removeprefix("http://")})
     r = s.api("POST", "/api/v1/deployments", json={
         "model_name": "smollm2-135m-instruct", "capacity": 0, "suffix": "auto", "autoscaling": AUTOSCALING})
     assert r.status_code == 200, r.text
@@ -154,6 +157,14 @@ def test_zero_wake_burst_and_back_to_zero_without_a_failed_call(berth_factory):
     assert moves[0] == (0, 1, "wake"), moves
     assert any(to == 2 and frm < 2 for frm, to, _ in moves), moves
     assert moves[-1][1] == 0 and moves[-1][2] == "idle", moves
+    # The same decisions as metrics.
+    samples = scrape(admin)
+    labels = {"workspace": "default", "deployment": name}
+    for direction in ("up", "down"):
+        counted = value(samples, "berth_autoscale_decisions_total", direction=direction, **labels)
+        assert counted == sum(e["direction"] == direction for e in events.autoscale), (direction, counted)
+    assert value(samples, "berth_autoscale_target_capacity", **labels) == 0
+    assert (("berth_autoscale_target_capacity", frozenset(labels.items())) in samples)
     up = next(e for e in events.autoscale if e["to_capacity"] == 2)
     assert up["direction"] == "up" and up["in_flight"] + up["queued"] >= 3, up
     assert up["panic_avg"] > 2 or up["stable_avg"] > 2, up

@@ -422,6 +422,8 @@ impl Reconciler {
             live_keys.insert(key);
             let windows = self.autoscale.windows;
             let Some(decision) = decide(&a, base, &windows, state, &signals, sample) else {
+                self.metrics
+                    .autoscale_target(&d.workspace_id, &d.deployed_model, d.capacity);
                 continue;
             };
             let capacity = decision.to * base;
@@ -444,6 +446,12 @@ impl Reconciler {
                     panic_avg = decision.panic_avg,
                     "autoscaled"
                 );
+                self.metrics.autoscaled(
+                    &d.workspace_id,
+                    &d.deployed_model,
+                    decision.direction.as_str(),
+                    capacity,
+                );
                 decisions.push(Event::Autoscaled {
                     workspace_id: d.workspace_id.clone(),
                     deployed_model: d.deployed_model.clone(),
@@ -459,7 +467,14 @@ impl Reconciler {
                 *d = updated;
             }
         }
-        self.scalers.retain(|k, _| live_keys.contains(k));
+        let metrics = &self.metrics;
+        self.scalers.retain(|k, _| {
+            let keep = live_keys.contains(k);
+            if !keep {
+                metrics.autoscale_gone(&k.0, &k.1);
+            }
+            keep
+        });
         self.autoscaled_any = !live_keys.is_empty();
         self.events.publish(decisions);
         Ok(())
