@@ -41,8 +41,11 @@ pub(crate) struct Inner {
     pub wake: std::sync::OnceLock<Wake>,
 }
 
+/// A function of (workspace, deployment).
+type WakeFn = dyn Fn(&str, &str) + Send + Sync;
+
 /// See [`Inner::wake`].
-pub(crate) struct Wake(pub Box<dyn Fn(&str, &str) + Send + Sync>);
+pub(crate) struct Wake(pub Box<WakeFn>);
 
 impl std::fmt::Debug for Wake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
