@@ -116,6 +116,7 @@ fn visible_change(a: &Deployment, b: &Deployment) -> bool {
         || a.status_message != b.status_message
         || a.rpm_limit != b.rpm_limit
         || a.tpm_limit != b.tpm_limit
+        || a.autoscaling != b.autoscaling
 }
 
 fn state_name(s: &ReplicaState) -> (&'static str, Option<String>) {
@@ -278,6 +279,21 @@ mod tests {
             ),
             (
                 vec![dep("a", Status::Deleting, 0)],
+                vec![rep("r1", ReplicaState::Ready)],
+                vec!["a DELETING"],
+            ),
+            // Autoscaling turned on is a visible change.
+            (
+                vec![Deployment {
+                    autoscaling: Some(berth_core::Autoscaling {
+                        min_capacity: 0,
+                        max_capacity: 1,
+                        target_inflight_per_replica: 4,
+                        scale_down_delay_secs: 60,
+                        scale_to_zero_after_secs: 300,
+                    }),
+                    ..dep("a", Status::Deleting, 0)
+                }],
                 vec![rep("r1", ReplicaState::Ready)],
                 vec!["a DELETING"],
             ),

@@ -4,8 +4,9 @@
 //!
 //! The first event is the current state, then one per change: `{"type": "deployment",
 //! "deployment": {...}}` whenever a visible field changes (status, capacity, ready capacity,
-//! limits, `status_message`, `fail_reason`), `{"type": "replica", "replica_id", "state",
-//! "reason"}` when a replica starts, becomes ready or unhealthy, exits or is stopped, and
+//! limits, `autoscaling`, `status_message`, `fail_reason`), `{"type": "replica", "replica_id",
+//! "state", "reason"}` when a replica starts, becomes ready or unhealthy, exits or is stopped,
+//! `{"type": "autoscale", ...}` with the signals of each autoscaler decision, and
 //! `{"type": "deleted", "deployed_model"}` when the deployment is gone, after which a
 //! deployment's stream ends. Each `data:` is one line of JSON; a comment keeps idle streams
 //! alive every 15 s. Scoped to the caller's workspace like every other route.
