@@ -39,9 +39,54 @@ pub struct DeploymentObject {
     pub tpm_limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_reason: Option<String>,
-    /// Why replicas are waiting (berth addition), e.g. no free capacity units on the node.
+    /// Why replicas are waiting (berth addition), e.g. no free capacity units on the node, or
+    /// that the autoscaler scaled the deployment to zero.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_message: Option<String>,
+    /// Autoscaling (berth addition), when it is on; then `capacity` is the target the
+    /// autoscaler chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingObject>,
+}
+
+/// Autoscaling of a deployment (berth addition): `capacity` follows the calls in flight and
+/// queued, between `min_capacity` and `max_capacity`. In requests, every field but
+/// `max_capacity` may be left out for its default.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AutoscalingObject {
+    /// Fewest capacity units (a multiple of `base_capacity`); 0 allows scale to zero.
+    #[schema(minimum = 0, maximum = 999, default = 0)]
+    pub min_capacity: u32,
+    /// Most capacity units (a multiple of `base_capacity`, at least one replica's).
+    #[schema(minimum = 1, maximum = 999)]
+    pub max_capacity: u32,
+    /// Calls in flight plus queued that one replica is meant to carry.
+    #[schema(minimum = 1, maximum = 1000, default = 4)]
+    pub target_inflight_per_replica: u32,
+    /// How long demand must stay lower before a replica is removed, seconds.
+    #[schema(minimum = 0, maximum = 86400, default = 60)]
+    pub scale_down_delay_secs: u32,
+    /// With `min_capacity` 0: how long without a call before the last replica is removed.
+    #[schema(minimum = 1, maximum = 86400, default = 300)]
+    pub scale_to_zero_after_secs: u32,
+}
+
+impl From<&berth_core::Autoscaling> for AutoscalingObject {
+    fn from(a: &berth_core::Autoscaling) -> Self {
+        Self {
+            min_capacity: a.min_capacity,
+            max_capacity: a.max_capacity,
+            target_inflight_per_replica: a.target_inflight_per_replica,
+            scale_down_delay_secs: a.scale_down_delay_secs,
+            scale_to_zero_after_secs: a.scale_to_zero_after_secs,
+        }
+    }
+}
+
+/// Deserializes a field that may be present as `null`: absent is `None`, present (`null`
+/// included) is `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 impl From<&Deployment> for DeploymentObject {
@@ -69,6 +114,7 @@ impl From<&Deployment> for DeploymentObject {
             tpm_limit: d.tpm_limit,
             fail_reason: d.fail_reason.clone(),
             status_message: d.status_message.clone(),
+            autoscaling: d.autoscaling.as_ref().map(AutoscalingObject::from),
         }
     }
 }
@@ -116,6 +162,10 @@ pub struct CreateDeploymentRequest {
     #[schema(minimum = 1, maximum = 1000000000000_u64)]
     #[serde(default, deserialize_with = "crate::integer::integer")]
     pub tpm_limit: Option<u64>,
+    /// Autoscaling (berth addition); absent or null: off. `capacity` is then the first
+    /// target and must be within the bounds.
+    #[schema(value_type = Option<AutoscalingObject>, nullable)]
+    pub autoscaling: Option<serde_json::Value>,
 }
 
 /// Body of `PUT /api/v1/deployments/{deployed_model}/scale`.
@@ -135,6 +185,11 @@ pub struct UpdateRequest {
     /// Tokens per minute; null or absent leaves it as it is.
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000000000_u64)]
     pub tpm_limit: Option<serde_json::Value>,
+    /// Autoscaling (berth addition): an object sets it (and brings `capacity` within its
+    /// bounds), `null` turns it off, absent leaves it as it is.
+    #[schema(value_type = Option<AutoscalingObject>, nullable)]
+    #[serde(default, deserialize_with = "present")]
+    pub autoscaling: Option<serde_json::Value>,
 }
 
 /// Paging query of the list endpoints. Kept as text so that bad values get a clear message.

@@ -26,6 +26,21 @@ pub enum Event {
         state: &'static str,
         reason: Option<String>,
     },
+    /// The autoscaler chose a new target, with the signals that caused it.
+    Autoscaled {
+        workspace_id: String,
+        deployed_model: String,
+        from_capacity: u32,
+        to_capacity: u32,
+        /// `up` or `down`.
+        direction: &'static str,
+        /// See [`crate::autoscale::Decision::reason`].
+        reason: &'static str,
+        in_flight: u32,
+        queued: u32,
+        stable_avg: f64,
+        panic_avg: f64,
+    },
     /// The deployment is gone (its delete finished).
     Removed {
         workspace_id: String,
@@ -39,6 +54,11 @@ impl Event {
         match self {
             Event::Deployment(d) => (&d.workspace_id, &d.deployed_model),
             Event::Replica {
+                workspace_id,
+                deployed_model,
+                ..
+            }
+            | Event::Autoscaled {
                 workspace_id,
                 deployed_model,
                 ..
@@ -96,6 +116,7 @@ fn visible_change(a: &Deployment, b: &Deployment) -> bool {
         || a.status_message != b.status_message
         || a.rpm_limit != b.rpm_limit
         || a.tpm_limit != b.tpm_limit
+        || a.autoscaling != b.autoscaling
 }
 
 fn state_name(s: &ReplicaState) -> (&'static str, Option<String>) {
@@ -195,6 +216,7 @@ mod tests {
             tpm_limit: None,
             fail_reason: None,
             status_message: None,
+            autoscaling: None,
             creator: "k".into(),
             modifier: "k".into(),
             gmt_create: Timestamp(1),
@@ -225,6 +247,7 @@ mod tests {
                     replica_id, state, ..
                 } => format!("{replica_id} {state}"),
                 Event::Removed { deployed_model, .. } => format!("{deployed_model} removed"),
+                Event::Autoscaled { deployed_model, .. } => format!("{deployed_model} autoscaled"),
             })
             .collect()
     }
@@ -256,6 +279,21 @@ mod tests {
             ),
             (
                 vec![dep("a", Status::Deleting, 0)],
+                vec![rep("r1", ReplicaState::Ready)],
+                vec!["a DELETING"],
+            ),
+            // Autoscaling turned on is a visible change.
+            (
+                vec![Deployment {
+                    autoscaling: Some(berth_core::Autoscaling {
+                        min_capacity: 0,
+                        max_capacity: 1,
+                        target_inflight_per_replica: 4,
+                        scale_down_delay_secs: 60,
+                        scale_to_zero_after_secs: 300,
+                    }),
+                    ..dep("a", Status::Deleting, 0)
+                }],
                 vec![rep("r1", ReplicaState::Ready)],
                 vec!["a DELETING"],
             ),

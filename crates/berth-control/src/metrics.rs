@@ -25,6 +25,14 @@ pub struct StartFailureLabels {
     pub deployment: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AutoscaleLabels {
+    pub workspace: String,
+    pub deployment: String,
+    /// `up` or `down`.
+    pub direction: &'static str,
+}
+
 /// The reconciler's Prometheus families. Cheap to clone (the families are shared).
 #[derive(Debug, Clone)]
 pub struct ReconcilerMetrics {
@@ -33,6 +41,8 @@ pub struct ReconcilerMetrics {
     pass_failures: Counter,
     start_failures: Family<StartFailureLabels, Counter>,
     replicas: Family<ReplicaStateLabels, Gauge>,
+    autoscale_decisions: Family<AutoscaleLabels, Counter>,
+    autoscale_target: Family<StartFailureLabels, Gauge>,
     /// The replica series the last pass set, to drop those that are gone.
     replica_series: Arc<Mutex<HashSet<ReplicaStateLabels>>>,
 }
@@ -47,6 +57,8 @@ impl Default for ReconcilerMetrics {
             pass_failures: Counter::default(),
             start_failures: Family::default(),
             replicas: Family::default(),
+            autoscale_decisions: Family::default(),
+            autoscale_target: Family::default(),
             replica_series: Arc::default(),
         }
     }
@@ -76,6 +88,52 @@ impl ReconcilerMetrics {
             "Replicas by deployment and state, as the last pass saw them",
             self.replicas.clone(),
         );
+        registry.register(
+            "autoscale_decisions",
+            "Targets the autoscaler chose, by deployment and direction",
+            self.autoscale_decisions.clone(),
+        );
+        registry.register(
+            "autoscale_target_capacity",
+            "The capacity the autoscaler last chose, per autoscaled deployment",
+            self.autoscale_target.clone(),
+        );
+    }
+
+    /// Records an autoscaler decision.
+    pub(crate) fn autoscaled(
+        &self,
+        workspace: &str,
+        deployment: &str,
+        direction: &'static str,
+        capacity: u32,
+    ) {
+        self.autoscale_decisions
+            .get_or_create(&AutoscaleLabels {
+                workspace: workspace.to_owned(),
+                deployment: deployment.to_owned(),
+                direction,
+            })
+            .inc();
+        self.autoscale_target(workspace, deployment, capacity);
+    }
+
+    /// Sets the target gauge of an autoscaled deployment.
+    pub(crate) fn autoscale_target(&self, workspace: &str, deployment: &str, capacity: u32) {
+        self.autoscale_target
+            .get_or_create(&StartFailureLabels {
+                workspace: workspace.to_owned(),
+                deployment: deployment.to_owned(),
+            })
+            .set(i64::from(capacity));
+    }
+
+    /// Drops the target gauge of a deployment no longer autoscaled (or gone).
+    pub(crate) fn autoscale_gone(&self, workspace: &str, deployment: &str) {
+        self.autoscale_target.remove(&StartFailureLabels {
+            workspace: workspace.to_owned(),
+            deployment: deployment.to_owned(),
+        });
     }
 
     /// Records one pass.

@@ -18,7 +18,14 @@ pub type Key = (String, String);
 pub struct ModelInfo {
     /// Why replicas cannot start (e.g. weights missing); `None` when they can.
     pub unavailable: Option<String>,
+    /// How long its replicas took to start here, seconds, rounded up (the last measured).
+    pub start_secs: Option<u64>,
 }
+
+/// `status_message` of an autoscaled deployment at zero: `RUNNING` with capacity 0 (it can
+/// answer: a call starts a replica and is held until it is ready).
+pub const SCALED_TO_ZERO: &str =
+    "Scaled to zero by the autoscaler: no replica runs; the next call starts one and is held until it is ready.";
 
 /// Failed replica starts of one deployment, for the generation they happened in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +226,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         }
 
-        let mut status_message = None;
+        let mut status_message = (want == 0 && d.autoscaling.is_some() && live.is_empty())
+            .then(|| SCALED_TO_ZERO.to_owned());
         let mut fail_reason = None;
         if live.len() < want {
             let missing = want - live.len();
@@ -294,6 +302,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 rpm_limit: d.rpm_limit,
                 tpm_limit: d.tpm_limit,
                 created: d.gmt_create.millis() / 1000,
+                start_secs: input.models.get(&d.model_name).and_then(|m| m.start_secs),
             }),
         );
         statuses.push((

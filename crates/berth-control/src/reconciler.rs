@@ -5,14 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_core::{Deployment, ModelCatalog, RoutingTable, Status};
-use berth_runtime::{ReplicaSpec, Runtime};
+use berth_core::{Deployment, ModelCatalog, RoutingTable, Status, Timestamp};
+use berth_runtime::{ObservedReplica, ReplicaSpec, ReplicaState, Runtime};
 use berth_store::Store;
 use rand::RngCore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{self, EventHub};
+use crate::autoscale::{decide, Demand, ScaleState, Signals, Windows};
+use crate::events::{self, Event, EventHub};
 use crate::metrics::ReconcilerMetrics;
 use crate::plan::{plan, Action, FailureState, Key, ModelInfo, PlanInput};
 
@@ -55,6 +56,28 @@ type Publish = Box<dyn Fn(Arc<RoutingTable>) + Send + Sync>;
 /// without knowing the gateway.
 pub type InFlightProbe = Arc<dyn Fn(&str) -> u32 + Send + Sync>;
 
+/// A deployment's load (workspace, deployment), as the gateway measures it; the autoscaler
+/// reads it without knowing the gateway.
+pub type DemandProbe = Arc<dyn Fn(&str, &str) -> Demand + Send + Sync>;
+
+/// Autoscaler timing.
+#[derive(Debug, Clone, Copy)]
+pub struct AutoscaleSettings {
+    /// How often autoscaled deployments are sampled (a pass runs at least this often while any
+    /// deployment is autoscaled).
+    pub tick: Duration,
+    pub windows: Windows,
+}
+
+impl Default for AutoscaleSettings {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            windows: Windows::default(),
+        }
+    }
+}
+
 /// How often a draining replica's calls in flight are looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -73,6 +96,16 @@ pub struct Reconciler {
     keep_replicas: Arc<AtomicBool>,
     events: EventHub,
     seen: events::Seen,
+    demand: DemandProbe,
+    autoscale: AutoscaleSettings,
+    scalers: HashMap<Key, ScaleState>,
+    last_sample: Option<Instant>,
+    autoscaled_any: bool,
+    /// Replicas seen starting, by id, with their model: their start is timed when they are
+    /// first seen ready (adopted ones, whose start berth did not see, are not).
+    starting: HashMap<String, String>,
+    /// The last measured start time of each model, seconds rounded up.
+    start_secs: HashMap<String, u64>,
     metrics: ReconcilerMetrics,
 }
 
@@ -99,6 +132,13 @@ impl Reconciler {
             keep_replicas: Arc::default(),
             events: EventHub::default(),
             seen: events::Seen::default(),
+            demand: Arc::new(|_, _| Demand::default()),
+            autoscale: AutoscaleSettings::default(),
+            scalers: HashMap::new(),
+            last_sample: None,
+            autoscaled_any: false,
+            starting: HashMap::new(),
+            start_secs: HashMap::new(),
             metrics: ReconcilerMetrics::default(),
         }
     }
@@ -106,6 +146,14 @@ impl Reconciler {
     /// Where pass durations, failures and replica states are counted.
     pub fn with_metrics(mut self, metrics: ReconcilerMetrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Where the autoscaler's signals come from (the gateway), and its timing; without it an
+    /// autoscaled deployment sees no demand.
+    pub fn with_autoscaler(mut self, demand: DemandProbe, settings: AutoscaleSettings) -> Self {
+        self.demand = demand;
+        self.autoscale = settings;
         self
     }
 
@@ -150,10 +198,13 @@ impl Reconciler {
                 .map(|f| f.retry_at)
                 .filter(|t| *t > Instant::now())
                 .min();
-            let sleep = next_retry
+            let mut sleep = next_retry
                 .map(|t| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(self.settings.resync)
                 .min(self.settings.resync);
+            if self.autoscaled_any {
+                sleep = sleep.min(self.autoscale.tick);
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.nudge.notified() => {}
@@ -183,9 +234,12 @@ impl Reconciler {
 
     /// One reconcile pass.
     pub async fn pass(&mut self) -> Result<(), berth_store::StoreError> {
-        let desired = self.store.all_deployments().await?;
+        let mut desired = self.store.all_deployments().await?;
         let observed = self.runtime.observe();
         let stopping = self.stopping.lock().map(|s| s.clone()).unwrap_or_default();
+        self.time_starts(&observed);
+        self.autoscale(&mut desired, &observed, &stopping, Instant::now())
+            .await?;
         let models: HashMap<String, ModelInfo> = self
             .catalog
             .models
@@ -195,6 +249,7 @@ impl Reconciler {
                     m.model_name.clone(),
                     ModelInfo {
                         unavailable: m.missing_weights_reason(),
+                        start_secs: self.start_secs.get(&m.model_name).copied(),
                     },
                 )
             })
@@ -299,7 +354,133 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn start(&self, key: &Key, model_name: &str) -> Result<(), String> {
+    /// Times the starts of replicas this reconciler started: from their start to the first
+    /// pass that sees them ready.
+    fn time_starts(&mut self, observed: &[ObservedReplica]) {
+        let now = Timestamp::now().millis();
+        for r in observed {
+            if r.state == ReplicaState::Ready {
+                if let Some(model) = self.starting.remove(&r.id) {
+                    let ms = u64::try_from(now - r.started_at.millis()).unwrap_or(0);
+                    let secs = ms.div_ceil(1000).max(1);
+                    tracing::info!(model = %model, replica = %r.id, start_ms = ms, "replica start timed");
+                    self.start_secs.insert(model, secs);
+                }
+            }
+        }
+        let live: HashSet<&str> = observed
+            .iter()
+            .filter(|r| !matches!(r.state, ReplicaState::Exited { .. }))
+            .map(|r| r.id.as_str())
+            .collect();
+        self.starting.retain(|id, _| live.contains(id.as_str()));
+    }
+
+    /// Samples every autoscaled deployment, decides, and writes new targets (gated on the
+    /// generation read), replacing them in `desired` so that this pass plans them.
+    async fn autoscale(
+        &mut self,
+        desired: &mut [Deployment],
+        observed: &[ObservedReplica],
+        stopping: &HashSet<String>,
+        now: Instant,
+    ) -> Result<(), berth_store::StoreError> {
+        let sample = self
+            .last_sample
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.autoscale.tick / 2);
+        if sample {
+            self.last_sample = Some(now);
+        }
+        let mut starting: HashMap<(&str, &str), u32> = HashMap::new();
+        for r in observed {
+            if r.state == ReplicaState::Starting && !stopping.contains(&r.id) {
+                *starting
+                    .entry((r.workspace_id.as_str(), r.deployed_model.as_str()))
+                    .or_default() += 1;
+            }
+        }
+        let mut live_keys = HashSet::new();
+        let mut decisions = Vec::new();
+        for d in desired.iter_mut() {
+            let Some(a) = d.autoscaling else { continue };
+            if matches!(d.status, Status::Deleting | Status::Failed) {
+                continue;
+            }
+            let key = (d.workspace_id.clone(), d.deployed_model.clone());
+            let base = d.base_capacity.max(1);
+            let signals = Signals {
+                demand: (self.demand)(&d.workspace_id, &d.deployed_model),
+                replicas: d.capacity / base,
+                starting: starting
+                    .get(&(d.workspace_id.as_str(), d.deployed_model.as_str()))
+                    .copied()
+                    .unwrap_or(0),
+                generation: d.generation,
+                now,
+            };
+            let state = self.scalers.entry(key.clone()).or_default();
+            live_keys.insert(key);
+            let windows = self.autoscale.windows;
+            let Some(decision) = decide(&a, base, &windows, state, &signals, sample) else {
+                self.metrics
+                    .autoscale_target(&d.workspace_id, &d.deployed_model, d.capacity);
+                continue;
+            };
+            let capacity = decision.to * base;
+            // None: an API change landed since this pass read the deployment; the next pass
+            // decides again on it.
+            if let Some(updated) = self
+                .store
+                .set_autoscaled_capacity(&d.workspace_id, &d.deployed_model, d.generation, capacity)
+                .await?
+            {
+                tracing::info!(
+                    deployment = %d.deployed_model,
+                    workspace = %d.workspace_id,
+                    from = decision.from * base,
+                    to = capacity,
+                    reason = decision.reason,
+                    in_flight = decision.in_flight,
+                    queued = decision.queued,
+                    stable_avg = decision.stable_avg,
+                    panic_avg = decision.panic_avg,
+                    "autoscaled"
+                );
+                self.metrics.autoscaled(
+                    &d.workspace_id,
+                    &d.deployed_model,
+                    decision.direction.as_str(),
+                    capacity,
+                );
+                decisions.push(Event::Autoscaled {
+                    workspace_id: d.workspace_id.clone(),
+                    deployed_model: d.deployed_model.clone(),
+                    from_capacity: decision.from * base,
+                    to_capacity: capacity,
+                    direction: decision.direction.as_str(),
+                    reason: decision.reason,
+                    in_flight: decision.in_flight,
+                    queued: decision.queued,
+                    stable_avg: decision.stable_avg,
+                    panic_avg: decision.panic_avg,
+                });
+                *d = updated;
+            }
+        }
+        let metrics = &self.metrics;
+        self.scalers.retain(|k, _| {
+            let keep = live_keys.contains(k);
+            if !keep {
+                metrics.autoscale_gone(&k.0, &k.1);
+            }
+            keep
+        });
+        self.autoscaled_any = !live_keys.is_empty();
+        self.events.publish(decisions);
+        Ok(())
+    }
+
+    async fn start(&mut self, key: &Key, model_name: &str) -> Result<(), String> {
         let model = self
             .catalog
             .get(model_name)
@@ -314,8 +495,10 @@ impl Reconciler {
             model,
             env: self.settings.replica_env.clone(),
         };
+        let id = spec.id.clone();
         // The runtime records the replica (ahead of the spawn) in its journal.
         let started = self.runtime.start(spec).await.map_err(|e| e.to_string())?;
+        self.starting.insert(id, model_name.to_owned());
         tracing::info!(deployment = %key.1, replica = %started.id, addr = %started.addr, "replica started");
         Ok(())
     }

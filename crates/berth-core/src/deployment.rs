@@ -144,6 +144,40 @@ pub fn deployed_model_name(model_name: &str, suffix: Option<&Suffix>) -> Deploye
     }
 }
 
+/// Autoscaling of a deployment (a berth extension): the reconciler sets `capacity` itself,
+/// between `min_capacity` and `max_capacity`, from the calls in flight and queued at the
+/// gateway. Capacities are in units (multiples of the model's `base_capacity`), like
+/// `capacity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Autoscaling {
+    pub min_capacity: u32,
+    pub max_capacity: u32,
+    /// Calls (in flight plus queued) one replica is meant to carry.
+    pub target_inflight_per_replica: u32,
+    /// How long demand must stay below what the current replicas are for before one goes.
+    pub scale_down_delay_secs: u32,
+    /// With `min_capacity` 0: how long without any call before the last replica goes.
+    pub scale_to_zero_after_secs: u32,
+}
+
+impl Autoscaling {
+    /// Default `target_inflight_per_replica`.
+    pub const DEFAULT_TARGET_INFLIGHT: u32 = 4;
+    /// Default `scale_down_delay_secs`.
+    pub const DEFAULT_SCALE_DOWN_DELAY_SECS: u32 = 60;
+    /// Default `scale_to_zero_after_secs`.
+    pub const DEFAULT_SCALE_TO_ZERO_AFTER_SECS: u32 = 300;
+    /// Largest `target_inflight_per_replica`.
+    pub const MAX_TARGET_INFLIGHT: u32 = 1000;
+    /// Largest delay (a day), seconds.
+    pub const MAX_DELAY_SECS: u32 = 86_400;
+
+    /// `capacity` brought within the bounds.
+    pub fn clamp(&self, capacity: u32) -> u32 {
+        capacity.clamp(self.min_capacity, self.max_capacity)
+    }
+}
+
 /// What the create endpoint hands the store once the request is validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDeployment {
@@ -160,6 +194,8 @@ pub struct NewDeployment {
     pub enable_thinking: Option<bool>,
     pub rpm_limit: Option<u64>,
     pub tpm_limit: Option<u64>,
+    /// `None`: capacity is set by scale only.
+    pub autoscaling: Option<Autoscaling>,
     /// Id of the API key that made the request.
     pub creator: String,
     pub now: Timestamp,
@@ -188,6 +224,8 @@ pub struct Deployment {
     pub fail_reason: Option<String>,
     /// Why replicas are waiting (e.g. no free capacity units on the node); not a failure.
     pub status_message: Option<String>,
+    /// When set, `capacity` is the target the autoscaler chose.
+    pub autoscaling: Option<Autoscaling>,
     pub creator: String,
     pub modifier: String,
     pub gmt_create: Timestamp,

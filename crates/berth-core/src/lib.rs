@@ -12,7 +12,7 @@ pub mod time;
 
 pub use catalog::{CatalogModel, EngineArgs, ModelCatalog};
 pub use deployment::{
-    Capacity, DeployedModel, Deployment, NewDeployment, Status, Suffix, WorkspaceId,
+    Autoscaling, Capacity, DeployedModel, Deployment, NewDeployment, Status, Suffix, WorkspaceId,
 };
 pub use error::ErrorCode;
 pub use keys::{ApiKeyRecord, KeyHash};

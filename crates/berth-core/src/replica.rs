@@ -52,6 +52,9 @@ pub struct RoutingEntry {
     pub tpm_limit: Option<u64>,
     /// When the deployment was created, in Unix seconds (OpenAI's `created` of a model).
     pub created: i64,
+    /// How long a replica of this model took to start here, seconds (measured by the
+    /// reconciler); the `Retry-After` of a call held without a replica. `None`: not measured.
+    pub start_secs: Option<u64>,
 }
 
 /// The routing table: every live deployment by (workspace, deployed_model).

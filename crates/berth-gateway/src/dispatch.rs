@@ -36,6 +36,21 @@ pub(crate) struct Inner {
     pub routes: Routes,
     pub balancer: Arc<dyn Balancer>,
     pub clock: Clock,
+    /// Told (workspace, deployment) when a call starts waiting for a replica, so that a
+    /// deployment scaled to zero is woken at once.
+    pub wake: std::sync::OnceLock<Wake>,
+}
+
+/// A function of (workspace, deployment).
+type WakeFn = dyn Fn(&str, &str) + Send + Sync;
+
+/// See [`Inner::wake`].
+pub(crate) struct Wake(pub Box<WakeFn>);
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
+    }
 }
 
 /// Reads a replica's whole response body.
@@ -227,6 +242,7 @@ impl Inner {
             routes: Routes::new(metrics),
             balancer,
             clock: Clock::new(),
+            wake: std::sync::OnceLock::new(),
         })
     }
 
@@ -255,6 +271,7 @@ impl Inner {
         if let Err(e) = admit(&route, self.clock.now()) {
             return Err(usage.failed(e));
         }
+        route.state.calls.fetch_add(1, Ordering::Relaxed);
         let mut waiter: Option<(tokio::sync::watch::Receiver<u64>, QueueSlot, Instant)> = None;
         let held = |waiter: &Option<(_, _, Instant)>, route: &Route| {
             if let Some((_, _, deadline)) = waiter {
@@ -307,6 +324,9 @@ impl Inner {
                         Ok(w) => waiter = Some(w),
                         Err(e) => return Err(usage.failed(e)),
                     }
+                    if let Some(wake) = self.wake.get() {
+                        (wake.0)(workspace_id, deployed_model);
+                    }
                     route = self.relookup(workspace_id, deployed_model, &mut usage)?;
                     continue;
                 };
@@ -329,7 +349,9 @@ impl Inner {
                         "no ready replica within the hold time"
                     );
                     held(&waiter, &route);
-                    return Err(usage.failed(self.unavailable()));
+                    // The route as it is now: its measured start time may be newer.
+                    let latest = self.lookup(workspace_id, deployed_model).unwrap_or(route);
+                    return Err(usage.failed(self.unavailable(&latest)));
                 }
             }
             route = self.relookup(workspace_id, deployed_model, &mut usage)?;
@@ -403,14 +425,19 @@ impl Inner {
         let waiting = route.state.waiting.fetch_add(1, Ordering::Relaxed);
         let slot = QueueSlot(route.state.clone());
         if waiting >= self.config.queue_bound || self.config.hold.is_zero() {
-            return Err(self.unavailable());
+            return Err(self.unavailable(route));
         }
         Ok((rx, slot, Instant::now() + self.config.hold))
     }
 
-    fn unavailable(&self) -> GatewayError {
+    /// 503 with `Retry-After`: how long a replica of this model took to start, as the
+    /// reconciler measured it, else the configured default.
+    fn unavailable(&self, route: &Route) -> GatewayError {
         GatewayError::ModelUnavailable {
-            retry_after: self.config.unavailable_retry_after,
+            retry_after: route
+                .entry
+                .start_secs
+                .map_or(self.config.unavailable_retry_after, |s| s.max(1)),
         }
     }
 }

@@ -80,6 +80,14 @@ impl Default for GatewayConfig {
     }
 }
 
+/// A deployment's load as the gateway sees it ([`Gateway::demand`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub in_flight: u32,
+    pub queued: u32,
+    pub calls: u64,
+}
+
 /// A streamed response body. Dropping it drops the upstream response, which closes the
 /// connection to the replica and so cancels the generation.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
@@ -202,6 +210,27 @@ impl Gateway {
     /// routing (the reconciler drains a replica before it stops it).
     pub fn in_flight(&self, replica_id: &str) -> u32 {
         self.inner.routes.in_flight(replica_id)
+    }
+
+    /// What a deployment carries right now: calls in flight on its routed replicas, calls
+    /// waiting for a replica, and calls admitted so far (the autoscaler's signals). Zero for a
+    /// deployment the gateway does not route.
+    pub fn demand(&self, workspace_id: &str, deployed_model: &str) -> Demand {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snap = self.inner.routes.load();
+        snap.get(workspace_id, deployed_model)
+            .map_or(Demand::default(), |r| Demand {
+                in_flight: r.backends.iter().map(|b| b.in_flight()).sum(),
+                queued: u32::try_from(r.state.waiting.load(Relaxed)).unwrap_or(u32::MAX),
+                calls: r.state.calls.load(Relaxed),
+            })
+    }
+
+    /// Sets what is told (workspace, deployment) when a call starts waiting for a replica (the
+    /// server wires it to the reconciler, so a deployment at zero starts one at once). Only
+    /// the first call of this has an effect.
+    pub fn on_hold(&self, wake: impl Fn(&str, &str) + Send + Sync + 'static) {
+        let _ = self.inner.wake.set(dispatch::Wake(Box::new(wake)));
     }
 
     /// The deployments callable in a workspace, sorted by name (for `GET /models`).

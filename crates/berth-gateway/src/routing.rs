@@ -93,6 +93,8 @@ pub(crate) struct DeploymentState {
     pub tpm: Window,
     /// Requests waiting for a ready replica.
     pub waiting: AtomicUsize,
+    /// Calls admitted (past the rate limits) since the gateway started.
+    pub calls: AtomicU64,
     /// Tokens used by answered requests (from the replicas' `usage`).
     pub tokens_total: AtomicU64,
     pub metrics: DeploymentMetrics,
@@ -104,6 +106,7 @@ impl DeploymentState {
             rpm: Window::default(),
             tpm: Window::default(),
             waiting: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
             tokens_total: AtomicU64::new(0),
             metrics,
         }

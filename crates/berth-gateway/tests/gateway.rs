@@ -35,6 +35,7 @@ fn entry(model: &str, addrs: &[SocketAddr]) -> RoutingEntry {
         rpm_limit: None,
         tpm_limit: None,
         created: 0,
+        start_secs: None,
     }
 }
 

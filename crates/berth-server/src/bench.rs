@@ -62,6 +62,7 @@ pub async fn run(args: GatewayBenchArgs) -> Result<(), ServeError> {
         rpm_limit: None,
         tpm_limit: None,
         created: berth_core::Timestamp::now().millis() / 1000,
+        start_secs: None,
     };
     let mut table = RoutingTable::default();
     table

@@ -28,6 +28,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub server: ServerConfig,
     pub reconciler: ReconcilerConfig,
+    pub autoscaler: AutoscalerConfig,
     pub gateway: GatewayConfig,
     pub runtime: RuntimeConfig,
     pub quota: QuotaConfig,
@@ -125,6 +126,28 @@ pub struct ReconcilerConfig {
     pub drain_secs: f64,
 }
 
+/// Autoscaler timing (deployments with `autoscaling`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscalerConfig {
+    /// How often autoscaled deployments are sampled, seconds.
+    pub tick_secs: f64,
+    /// The stable window demand is averaged over, seconds.
+    pub stable_window_secs: f64,
+    /// The short window that catches bursts, seconds.
+    pub panic_window_secs: f64,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            tick_secs: 1.0,
+            stable_window_secs: 60.0,
+            panic_window_secs: 6.0,
+        }
+    }
+}
+
 /// Replica processes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -216,6 +239,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             server: ServerConfig::default(),
             reconciler: ReconcilerConfig::default(),
+            autoscaler: AutoscalerConfig::default(),
             gateway: GatewayConfig::default(),
             runtime: RuntimeConfig::default(),
             quota: QuotaConfig::default(),
@@ -314,6 +338,9 @@ pub const ENV_SETTINGS: &[&str] = &[
     "BERTH_RECONCILER_READY_TIMEOUT_SECS",
     "BERTH_RECONCILER_STOP_GRACE_SECS",
     "BERTH_RECONCILER_DRAIN_SECS",
+    "BERTH_AUTOSCALER_TICK_SECS",
+    "BERTH_AUTOSCALER_STABLE_WINDOW_SECS",
+    "BERTH_AUTOSCALER_PANIC_WINDOW_SECS",
     "BERTH_RUNTIME_ORPHAN_TIMEOUT_SECS",
     "BERTH_GATEWAY_HOLD_SECS",
     "BERTH_GATEWAY_HOLD_QUEUE",
@@ -466,6 +493,11 @@ impl Config {
             }
             "BERTH_RECONCILER_STOP_GRACE_SECS" => self.reconciler.stop_grace_secs = num(value)?,
             "BERTH_RECONCILER_DRAIN_SECS" => self.reconciler.drain_secs = num(value)?,
+            "BERTH_AUTOSCALER_TICK_SECS" => self.autoscaler.tick_secs = num(value)?,
+            "BERTH_AUTOSCALER_STABLE_WINDOW_SECS" => {
+                self.autoscaler.stable_window_secs = num(value)?
+            }
+            "BERTH_AUTOSCALER_PANIC_WINDOW_SECS" => self.autoscaler.panic_window_secs = num(value)?,
             "BERTH_RUNTIME_ORPHAN_TIMEOUT_SECS" => self.runtime.orphan_timeout_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_SECS" => self.gateway.hold_secs = num(value)?,
             "BERTH_GATEWAY_HOLD_QUEUE" => self.gateway.hold_queue = num(value)?,
@@ -543,6 +575,34 @@ impl Config {
             if let Err(e) = crate::keys::validate_workspace(name) {
                 p.push(format!("quota.workspaces: {e}"));
             }
+        }
+        let a = &self.autoscaler;
+        for (name, v, lo, hi) in [
+            ("autoscaler.tick_secs", a.tick_secs, 0.05, 60.0),
+            (
+                "autoscaler.stable_window_secs",
+                a.stable_window_secs,
+                0.1,
+                3600.0,
+            ),
+            (
+                "autoscaler.panic_window_secs",
+                a.panic_window_secs,
+                0.1,
+                3600.0,
+            ),
+        ] {
+            if !(v.is_finite() && (lo..=hi).contains(&v)) {
+                p.push(format!(
+                    "{name} must be between {lo} and {hi} seconds, got {v}"
+                ));
+            }
+        }
+        if a.panic_window_secs > a.stable_window_secs {
+            p.push(
+                "autoscaler.panic_window_secs must not be longer than autoscaler.stable_window_secs"
+                    .to_owned(),
+            );
         }
         if self.reconciler.resync_secs < 0.05 {
             p.push("reconciler.resync_secs must be at least 0.05".to_owned());

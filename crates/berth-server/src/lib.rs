@@ -193,10 +193,36 @@ pub async fn serve(
         gateway.publisher(),
     )
     .with_in_flight(Arc::new(move |id| in_flight_gateway.in_flight(id)))
+    .with_autoscaler(
+        {
+            let gateway = gateway.clone();
+            Arc::new(move |ws, name| {
+                let d = gateway.demand(ws, name);
+                berth_control::Demand {
+                    in_flight: d.in_flight,
+                    queued: d.queued,
+                    calls: d.calls,
+                }
+            })
+        },
+        berth_control::AutoscaleSettings {
+            tick: secs(config.autoscaler.tick_secs),
+            windows: berth_control::Windows {
+                stable: secs(config.autoscaler.stable_window_secs),
+                panic: secs(config.autoscaler.panic_window_secs),
+            },
+        },
+    )
     .with_events(events.clone())
     .with_metrics(reconciler_metrics)
     .keep_replicas_flag(env.keep_replicas.clone());
     let nudge = reconciler.nudge_handle();
+    // A call held for a deployment without a ready replica (one scaled to zero) asks for a
+    // pass at once: the autoscaler wakes it without waiting for its next sample.
+    {
+        let nudge = nudge.clone();
+        gateway.on_hold(move |_, _| nudge.nudge());
+    }
     let keys = KeyRing::new(store.clone());
     keys.refresh().await?;
     keys.spawn_refresh(Duration::from_secs(2), shutdown.clone());

@@ -204,6 +204,28 @@ impl<S: Store> Store for CachedStore<S> {
         .await
     }
 
+    async fn set_autoscaled_capacity(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        generation: i64,
+        capacity: u32,
+    ) -> Result<Option<Deployment>> {
+        let (ws, name) = (workspace_id.to_owned(), deployed_model.to_owned());
+        self.write_through(|sh| async move {
+            let _serial = sh.writes.lock().await;
+            let d = sh
+                .inner
+                .set_autoscaled_capacity(&ws, &name, generation, capacity)
+                .await?;
+            if let Some(d) = &d {
+                sh.write().put(d.clone());
+            }
+            Ok(d)
+        })
+        .await
+    }
+
     async fn record_status(
         &self,
         workspace_id: &str,

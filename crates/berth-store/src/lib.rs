@@ -10,7 +10,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use berth_core::{
-    ApiKeyRecord, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp,
+    ApiKeyRecord, Autoscaling, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp,
 };
 
 pub use cached::CachedStore;
@@ -44,9 +44,14 @@ pub enum DesiredChange {
     /// New capacity target; status becomes `status.after_scale()` and `fail_reason` is cleared.
     Scale { capacity: u32 },
     /// New rate limits; `None` leaves a limit unchanged. Status is unchanged.
+    ///
+    /// `autoscaling`: `None` leaves it unchanged, `Some(None)` turns it off (capacity stays
+    /// where it is), `Some(Some(a))` sets it and brings `capacity` within its bounds (a
+    /// capacity that moves changes the status as a scale does).
     Limits {
         rpm_limit: Option<u64>,
         tpm_limit: Option<u64>,
+        autoscaling: Option<Option<Autoscaling>>,
     },
     /// Mark for deletion: status `DELETING`. Idempotent.
     Delete,
@@ -98,6 +103,17 @@ pub trait Store: Send + Sync + 'static {
         change: DesiredChange,
         modifier: &str,
         now: Timestamp,
+    ) -> Result<Option<Deployment>>;
+
+    /// Sets the capacity the autoscaler chose, without a new generation: only while the
+    /// deployment is at `generation` (an API change since wins), has autoscaling on, is not
+    /// `DELETING`, and `capacity` is within its bounds. `None` when nothing was written.
+    async fn set_autoscaled_capacity(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        generation: i64,
+        capacity: u32,
     ) -> Result<Option<Deployment>>;
 
     /// Writes what the reconciler observed. `ready_capacity`, `fail_reason` and `status_message`

@@ -124,6 +124,21 @@ impl<S: Store> Store for Metered<S> {
         .await
     }
 
+    async fn set_autoscaled_capacity(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        generation: i64,
+        capacity: u32,
+    ) -> Result<Option<Deployment>> {
+        self.timed(
+            "set_autoscaled_capacity",
+            self.inner
+                .set_autoscaled_capacity(workspace_id, deployed_model, generation, capacity),
+        )
+        .await
+    }
+
     async fn record_status(
         &self,
         workspace_id: &str,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::{
-    ApiKeyRecord, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp,
+    ApiKeyRecord, Autoscaling, Deployment, KeyHash, NewDeployment, ReplicaRecord, Status, Timestamp,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -39,7 +39,8 @@ macro_rules! deployment_columns {
         "workspace_id, deployed_model, model_name, base_model, name, plan, model_unit_spec, \
          status, capacity, base_capacity, ready_capacity, max_context_length, enable_thinking, \
          rpm_limit, tpm_limit, fail_reason, status_message, creator, modifier, gmt_create, \
-         gmt_modified, generation"
+         gmt_modified, generation, autoscale_min_capacity, autoscale_max_capacity, \
+         autoscale_target_inflight, autoscale_down_delay_secs, autoscale_zero_after_secs"
     };
 }
 
@@ -95,11 +96,42 @@ const LIST_PAGE_SQL: &str = concat!(
     " FROM deployments WHERE workspace_id = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3"
 );
 
-const LIMITS_SQL: &str = concat!(
-    "UPDATE deployments SET rpm_limit = COALESCE(?1, rpm_limit), ",
-    "tpm_limit = COALESCE(?2, tpm_limit), generation = generation + 1, modifier = ?3, ",
-    "gmt_modified = ?4 WHERE workspace_id = ?5 AND deployed_model = ?6 ",
-    "AND status <> 'DELETING' RETURNING ",
+/// The update (limits, autoscaling). `?7` says whether autoscaling is given (`?8`..`?12`, all
+/// NULL to turn it off); when it is turned on, `capacity` is brought within its bounds in the
+/// same statement, and a capacity that moves changes the status as a scale does.
+static LIMITS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let arms: String = ALL_STATUSES
+        .iter()
+        .map(|s| format!(" WHEN '{}' THEN '{}'", s.as_str(), s.after_scale().as_str()))
+        .collect();
+    let clamped =
+        "CASE WHEN ?7 AND ?8 IS NOT NULL THEN MAX(?8, MIN(?9, capacity)) ELSE capacity END";
+    format!(
+        "UPDATE deployments SET rpm_limit = COALESCE(?1, rpm_limit), \
+         tpm_limit = COALESCE(?2, tpm_limit), generation = generation + 1, modifier = ?3, \
+         gmt_modified = ?4, \
+         status = CASE WHEN ({clamped}) <> capacity THEN CASE status{arms} ELSE status END \
+             ELSE status END, \
+         capacity = {clamped}, \
+         autoscale_min_capacity = CASE WHEN ?7 THEN ?8 ELSE autoscale_min_capacity END, \
+         autoscale_max_capacity = CASE WHEN ?7 THEN ?9 ELSE autoscale_max_capacity END, \
+         autoscale_target_inflight = CASE WHEN ?7 THEN ?10 ELSE autoscale_target_inflight END, \
+         autoscale_down_delay_secs = CASE WHEN ?7 THEN ?11 ELSE autoscale_down_delay_secs END, \
+         autoscale_zero_after_secs = CASE WHEN ?7 THEN ?12 ELSE autoscale_zero_after_secs END \
+         WHERE workspace_id = ?5 AND deployed_model = ?6 \
+         AND status <> 'DELETING' RETURNING {}",
+        deployment_columns!()
+    )
+});
+
+// The autoscaler's target: only for the generation it decided on (an API change since wins),
+// only while autoscaling is on, within its bounds, and not while the deployment is being
+// deleted. No new generation: the reconciler plans the new capacity in the same pass.
+const AUTOSCALED_SQL: &str = concat!(
+    "UPDATE deployments SET capacity = ?1, gmt_modified = ?2 ",
+    "WHERE workspace_id = ?3 AND deployed_model = ?4 AND generation = ?5 ",
+    "AND status <> 'DELETING' AND autoscale_max_capacity IS NOT NULL ",
+    "AND ?1 BETWEEN autoscale_min_capacity AND autoscale_max_capacity RETURNING ",
     deployment_columns!()
 );
 
@@ -184,6 +216,36 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// The row a change returned, or why there is none.
+    async fn changed_or_refused(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        row: Option<SqliteRow>,
+        refused_when_deleting: bool,
+    ) -> Result<Option<Deployment>> {
+        match row {
+            Some(row) => Ok(Some(deployment_from_row(&row)?)),
+            // `DELETING` is terminal: the statement itself refuses to change such a row. Tell
+            // that apart from a missing one (the row can only go away after DELETING, so what
+            // this read sees is consistent with the refusal).
+            None if refused_when_deleting => {
+                let exists = sqlx::query(
+                    "SELECT 1 FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2",
+                )
+                .bind(workspace_id)
+                .bind(deployed_model)
+                .fetch_optional(&self.pool)
+                .await?;
+                match exists {
+                    Some(_) => Err(StoreError::Deleting(deployed_model.to_owned())),
+                    None => Ok(None),
+                }
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The underlying pool (diagnostics, query plans in tests).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -202,9 +264,11 @@ impl Store for SqliteStore {
             "INSERT INTO deployments (workspace_id, deployed_model, model_name, base_model, ",
             "name, plan, model_unit_spec, status, capacity, base_capacity, ready_capacity, ",
             "max_context_length, enable_thinking, rpm_limit, tpm_limit, creator, modifier, ",
-            "gmt_create, gmt_modified, generation) ",
+            "gmt_create, gmt_modified, generation, autoscale_min_capacity, ",
+            "autoscale_max_capacity, autoscale_target_inflight, autoscale_down_delay_secs, ",
+            "autoscale_zero_after_secs) ",
             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15, ?15, ",
-            "?16, ?16, 1) RETURNING ",
+            "?16, ?16, 1, ?17, ?18, ?19, ?20, ?21) RETURNING ",
             deployment_columns!()
         );
         let inserted = sqlx::query(sql)
@@ -223,7 +287,8 @@ impl Store for SqliteStore {
             .bind(limit_to_sql(new.rpm_limit, "rpm_limit")?)
             .bind(limit_to_sql(new.tpm_limit, "tpm_limit")?)
             .bind(&new.creator)
-            .bind(new.now.millis())
+            .bind(new.now.millis());
+        let inserted = bind_autoscaling(inserted, new.autoscaling.as_ref())
             .fetch_one(&self.pool)
             .await;
         match inserted {
@@ -306,11 +371,23 @@ impl Store for SqliteStore {
             DesiredChange::Limits {
                 rpm_limit,
                 tpm_limit,
-            } => sqlx::query(LIMITS_SQL)
-                .bind(limit_to_sql(rpm_limit, "rpm_limit")?)
-                .bind(limit_to_sql(tpm_limit, "tpm_limit")?)
-                .bind(modifier)
-                .bind(now.millis()),
+                autoscaling,
+            } => {
+                let q = sqlx::query(LIMITS_SQL.as_str())
+                    .bind(limit_to_sql(rpm_limit, "rpm_limit")?)
+                    .bind(limit_to_sql(tpm_limit, "tpm_limit")?)
+                    .bind(modifier)
+                    .bind(now.millis())
+                    .bind(workspace_id)
+                    .bind(deployed_model)
+                    .bind(autoscaling.is_some());
+                let row = bind_autoscaling(q, autoscaling.flatten().as_ref())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                return self
+                    .changed_or_refused(workspace_id, deployed_model, row, true)
+                    .await;
+            }
             DesiredChange::Delete => sqlx::query(DELETE_SQL).bind(modifier).bind(now.millis()),
         };
         let row = query
@@ -318,26 +395,26 @@ impl Store for SqliteStore {
             .bind(deployed_model)
             .fetch_optional(&self.pool)
             .await?;
-        match row {
-            Some(row) => Ok(Some(deployment_from_row(&row)?)),
-            // `DELETING` is terminal: the statement itself refuses to change such a row. Tell
-            // that apart from a missing one (the row can only go away after DELETING, so what
-            // this read sees is consistent with the refusal).
-            None if refused_when_deleting => {
-                let exists = sqlx::query(
-                    "SELECT 1 FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2",
-                )
-                .bind(workspace_id)
-                .bind(deployed_model)
-                .fetch_optional(&self.pool)
-                .await?;
-                match exists {
-                    Some(_) => Err(StoreError::Deleting(deployed_model.to_owned())),
-                    None => Ok(None),
-                }
-            }
-            None => Ok(None),
-        }
+        self.changed_or_refused(workspace_id, deployed_model, row, refused_when_deleting)
+            .await
+    }
+
+    async fn set_autoscaled_capacity(
+        &self,
+        workspace_id: &str,
+        deployed_model: &str,
+        generation: i64,
+        capacity: u32,
+    ) -> Result<Option<Deployment>> {
+        let row = sqlx::query(AUTOSCALED_SQL)
+            .bind(i64::from(capacity))
+            .bind(Timestamp::now().millis())
+            .bind(workspace_id)
+            .bind(deployed_model)
+            .bind(generation)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(deployment_from_row).transpose()
     }
 
     async fn record_status(
@@ -488,7 +565,36 @@ fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
         gmt_create: Timestamp(column(row, "gmt_create")?),
         gmt_modified: Timestamp(column(row, "gmt_modified")?),
         generation: column(row, "generation")?,
+        autoscaling: autoscaling_from_row(row)?,
     })
+}
+
+fn autoscaling_from_row(row: &SqliteRow) -> Result<Option<Autoscaling>> {
+    let Some(max_capacity) = optional_unsigned(row, "autoscale_max_capacity")? else {
+        return Ok(None);
+    };
+    let need = |name: &str| -> Result<u32> {
+        optional_unsigned(row, name)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {name}: NULL with autoscaling on")))
+    };
+    Ok(Some(Autoscaling {
+        min_capacity: need("autoscale_min_capacity")?,
+        max_capacity,
+        target_inflight_per_replica: need("autoscale_target_inflight")?,
+        scale_down_delay_secs: need("autoscale_down_delay_secs")?,
+        scale_to_zero_after_secs: need("autoscale_zero_after_secs")?,
+    }))
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds the five autoscaling columns (all NULL for none), in their order.
+fn bind_autoscaling<'q>(q: SqliteQuery<'q>, a: Option<&Autoscaling>) -> SqliteQuery<'q> {
+    q.bind(a.map(|a| i64::from(a.min_capacity)))
+        .bind(a.map(|a| i64::from(a.max_capacity)))
+        .bind(a.map(|a| i64::from(a.target_inflight_per_replica)))
+        .bind(a.map(|a| i64::from(a.scale_down_delay_secs)))
+        .bind(a.map(|a| i64::from(a.scale_to_zero_after_secs)))
 }
 
 fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {

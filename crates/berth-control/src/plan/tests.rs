@@ -24,6 +24,7 @@ fn dep(name: &str, status: Status, capacity: u32, base: u32) -> Deployment {
         tpm_limit: None,
         fail_reason: None,
         status_message: None,
+        autoscaling: None,
         creator: "k".into(),
         modifier: "k".into(),
         gmt_create: Timestamp(1),
@@ -43,6 +44,17 @@ fn rep(id: &str, deployment: &str, state: ReplicaState) -> ObservedReplica {
         state,
         secret: String::new(),
     }
+}
+
+fn autoscaled(mut d: Deployment) -> Deployment {
+    d.autoscaling = Some(berth_core::Autoscaling {
+        min_capacity: 0,
+        max_capacity: 2,
+        target_inflight_per_replica: 4,
+        scale_down_delay_secs: 60,
+        scale_to_zero_after_secs: 300,
+    });
+    d
 }
 
 fn key(name: &str) -> Key {
@@ -97,6 +109,7 @@ fn run(case: &Case) -> Plan {
             unavailable: case
                 .unavailable
                 .then(|| "weights missing: /x.gguf".to_string()),
+            start_secs: None,
         },
     );
     let failures: HashMap<Key, FailureState> = case
@@ -174,6 +187,30 @@ fn table() {
             name: "capacity 0 is running with nothing",
             desired: vec![dep("a", Status::Pending, 0, 1)],
             expect_status: Some((Status::Running, 0)),
+            ..Default::default()
+        },
+        Case {
+            name: "autoscaled to zero: running, capacity 0, and says so",
+            desired: vec![autoscaled(dep("a", Status::Running, 0, 1))],
+            expect_status: Some((Status::Running, 0)),
+            expect_message: Some(SCALED_TO_ZERO),
+            ..Default::default()
+        },
+        Case {
+            name: "autoscaled to zero: the last replica drains, the message is there already",
+            desired: vec![autoscaled(dep("a", Status::Running, 0, 1))],
+            observed: vec![rep("r1", "a", Ready)],
+            in_flight: vec![("r1", 2)],
+            expect_stops: vec!["r1"],
+            expect_status: Some((Status::Running, 0)),
+            expect_message: Some(SCALED_TO_ZERO),
+            ..Default::default()
+        },
+        Case {
+            name: "autoscaled and woken: updating while its replica starts, no zero message",
+            desired: vec![autoscaled(dep("a", Status::Running, 1, 1))],
+            expect_starts: 1,
+            expect_status: Some((Status::Updating, 0)),
             ..Default::default()
         },
         Case {
@@ -434,4 +471,34 @@ fn older_deployments_get_capacity_first() {
         })
         .collect();
     assert_eq!(started, ["old", "old"]);
+}
+
+#[test]
+fn routing_carries_the_measured_start_time_of_the_model() {
+    let desired = vec![dep("a", Status::Running, 0, 1)];
+    let mut models = HashMap::new();
+    for start_secs in [None, Some(7)] {
+        models.insert(
+            "m".to_string(),
+            ModelInfo {
+                unavailable: None,
+                start_secs,
+            },
+        );
+        let plan = plan(&PlanInput {
+            desired: &desired,
+            observed: &[],
+            stopping: &HashSet::new(),
+            in_flight: &HashMap::new(),
+            models: &models,
+            failures: &HashMap::new(),
+            now: Instant::now(),
+            node_units: 8,
+            max_start_failures: 3,
+        });
+        let entry = plan.routing.get("ws", "a").expect("routed");
+        assert_eq!(entry.start_secs, start_secs);
+        // Not autoscaled: capacity 0 says nothing of scaling to zero.
+        assert_eq!(plan.statuses[0].1.status_message, None);
+    }
 }

@@ -58,6 +58,7 @@ async fn server_with(replica: SocketAddr, limits: Limits) -> Server {
             rpm_limit: None,
             tpm_limit: None,
             created: 1,
+            start_secs: None,
         }),
     );
     gateway.publish(Arc::new(table));

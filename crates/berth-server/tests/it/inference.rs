@@ -50,6 +50,7 @@ async fn app(rpm_limit: Option<u64>) -> App {
         rpm_limit,
         tpm_limit: None,
         created: 1_764_000_000,
+        start_secs: None,
     };
     let mut table = RoutingTable::default();
     for e in [

@@ -1,5 +1,6 @@
 //! HTTP integration tests of `berth-server`: real sockets, a real (in-memory SQLite) store.
 
+mod autoscaling;
 mod deployments;
 mod errors;
 mod inference;

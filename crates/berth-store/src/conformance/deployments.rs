@@ -245,6 +245,7 @@ pub async fn limits_change_only_what_is_given<S: Store>(store: &S) {
                 DesiredChange::Limits {
                     rpm_limit,
                     tpm_limit,
+                    autoscaling: None,
                 },
                 "key-l",
                 now,
@@ -327,6 +328,7 @@ pub async fn changes_are_scoped_to_the_workspace<S: Store>(store: &S) {
         DesiredChange::Limits {
             rpm_limit: Some(1),
             tpm_limit: None,
+            autoscaling: None,
         },
         DesiredChange::Delete,
     ] {
@@ -400,6 +402,7 @@ pub async fn deleting_is_terminal<S: Store>(store: &S) {
         DesiredChange::Limits {
             rpm_limit: Some(5),
             tpm_limit: None,
+            autoscaling: None,
         },
     ] {
         let err = store

@@ -15,11 +15,13 @@
 //! test; see [`Fixture`]. The crate using the macro needs `tokio` (with `macros`) as a
 //! dependency.
 
+mod autoscaling;
 mod concurrency;
 mod deployments;
 mod keys;
 mod status;
 
+pub use autoscaling::*;
 pub use concurrency::*;
 pub use deployments::*;
 pub use keys::*;
@@ -83,6 +85,8 @@ macro_rules! store_conformance {
             replicas_put_list_remove,
             concurrent_creates_of_distinct_names_all_succeed,
             concurrent_creates_of_one_name_conflict_all_but_one,
+            autoscaling_is_stored_updated_and_turned_off,
+            autoscaled_capacity_is_gated,
         );
     };
     (@cases ($make:expr) $($case:ident),+ $(,)?) => {
@@ -118,6 +122,7 @@ pub fn sample(workspace_id: &str, deployed_model: &str, now: Timestamp) -> NewDe
         enable_thinking: None,
         rpm_limit: None,
         tpm_limit: None,
+        autoscaling: None,
         creator: "key-creator".to_owned(),
         now,
     }
@@ -143,6 +148,7 @@ pub fn expected_created(new: &NewDeployment) -> Deployment {
         tpm_limit: new.tpm_limit,
         fail_reason: None,
         status_message: None,
+        autoscaling: None,
         creator: new.creator.clone(),
         modifier: new.creator.clone(),
         gmt_create: new.now,

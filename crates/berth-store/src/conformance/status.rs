@@ -115,6 +115,7 @@ pub async fn record_status_moves_gmt_modified_only_on_visible_change<S: Store>(s
         let limits = DesiredChange::Limits {
             rpm_limit: None,
             tpm_limit: None,
+            autoscaling: None,
         };
         store
             .change_deployment(WS_A, "m", limits, "key-r", Timestamp(t))

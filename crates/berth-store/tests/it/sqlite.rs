@@ -124,6 +124,7 @@ async fn a_limit_sqlite_cannot_hold_is_refused_not_wrapped() {
     let change = DesiredChange::Limits {
         rpm_limit: None,
         tpm_limit: Some(u64::MAX),
+        autoscaling: None,
     };
     let err = store
         .change_deployment(WS_A, "m", change, "k", T0)

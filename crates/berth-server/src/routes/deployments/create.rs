@@ -9,8 +9,8 @@ use berth_core::{ErrorCode, NewDeployment, Suffix, Timestamp};
 use berth_store::StoreError;
 
 use super::{
-    check_length, check_quota, object, parse_capacity, MAX_DEPLOY_SPEC, MAX_MODEL_NAME, MAX_NAME,
-    MAX_RATE_LIMIT,
+    check_length, check_quota, check_within, object, parse_autoscaling, parse_capacity,
+    quota_units, MAX_DEPLOY_SPEC, MAX_MODEL_NAME, MAX_NAME, MAX_RATE_LIMIT,
 };
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -46,6 +46,10 @@ pub async fn create(
         }
     }
     let capacity = parse_capacity(req.capacity.as_ref(), model.base_capacity)?;
+    let autoscaling = parse_autoscaling(req.autoscaling.as_ref(), model.base_capacity)?;
+    if let Some(a) = &autoscaling {
+        check_within(capacity.get(), a)?;
+    }
     let suffix = req
         .suffix
         .as_deref()
@@ -88,11 +92,13 @@ pub async fn create(
         enable_thinking: req.enable_thinking,
         rpm_limit: req.rpm_limit,
         tpm_limit: req.tpm_limit,
+        autoscaling,
         creator: caller.key_id.clone(),
         now: Timestamp::now(),
     };
     let quota_held = state.quotas.lock.lock().await;
-    check_quota(&state, &caller, true, None, capacity.get()).await?;
+    let units = quota_units(capacity.get(), autoscaling.as_ref());
+    check_quota(&state, &caller, true, None, units).await?;
     let created = state.store.create_deployment(new).await;
     drop(quota_held);
     let created = match created {

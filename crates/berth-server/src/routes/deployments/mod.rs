@@ -15,7 +15,8 @@ mod update;
 use axum::routing::{get, put};
 use axum::Router;
 use berth_api::deployment::{DeploymentObject, PageQuery};
-use berth_core::{Deployment, ErrorCode, Status};
+use berth_core::deployment::MAX_CAPACITY;
+use berth_core::{Autoscaling, Deployment, ErrorCode, Status};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -177,7 +178,10 @@ async fn usage(
         .iter()
         .filter(|d| d.status != Status::Deleting && Some(d.deployed_model.as_str()) != except);
     Ok(live.fold((0, 0), |(n, units), d| {
-        (n + 1, units + u64::from(d.capacity))
+        (
+            n + 1,
+            units + u64::from(quota_units(d.capacity, d.autoscaling.as_ref())),
+        )
     }))
 }
 
@@ -244,6 +248,101 @@ pub(crate) fn parse_capacity(
     }
 }
 
+/// Autoscaling as sent (a berth extension): absent or `null` is `None`, else an object whose
+/// fields are checked one by one, each with its own message. `max_capacity` is required; the
+/// others have defaults. Capacities follow the rules of `capacity` (multiples of the model's
+/// base capacity, below 1000), `max_capacity` is at least one replica, `min_capacity` at most
+/// `max_capacity`.
+pub(crate) fn parse_autoscaling(
+    raw: Option<&serde_json::Value>,
+    base_capacity: u32,
+) -> Result<Option<Autoscaling>, ApiError> {
+    let fields = match raw {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Object(fields)) => fields,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "Invalid autoscaling ({}): it must be an object or null.",
+                shown(other)
+            )))
+        }
+    };
+    let base = base_capacity.max(1);
+    let top = (MAX_CAPACITY as u32 - 1) / base * base;
+    // An integer field from `lo` to `hi` (a multiple of `step`), or its default when absent.
+    let field = |name: &str, default: Option<u32>, lo: u32, hi: u32, step: u32| {
+        let Some(v) = fields.get(name) else {
+            return default.ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "Required parameter(autoscaling.{name}) missing or invalid, please check the request parameters."
+                ))
+            });
+        };
+        match v.as_number().and_then(berth_api::integer::of) {
+            Some(n) if (i128::from(lo)..=i128::from(hi)).contains(&n) && n % i128::from(step) == 0 => {
+                Ok(n as u32)
+            }
+            _ if step > 1 => Err(ApiError::invalid(format!(
+                "Invalid autoscaling.{name} ({}): it must be a multiple of {step} from {lo} to {hi}.",
+                shown(v)
+            ))),
+            _ => Err(ApiError::invalid(format!(
+                "Invalid autoscaling.{name} ({}): it must be an integer from {lo} to {hi}.",
+                shown(v)
+            ))),
+        }
+    };
+    let a = Autoscaling {
+        min_capacity: field("min_capacity", Some(0), 0, top, base)?,
+        max_capacity: field("max_capacity", None, base, top, base)?,
+        target_inflight_per_replica: field(
+            "target_inflight_per_replica",
+            Some(Autoscaling::DEFAULT_TARGET_INFLIGHT),
+            1,
+            Autoscaling::MAX_TARGET_INFLIGHT,
+            1,
+        )?,
+        scale_down_delay_secs: field(
+            "scale_down_delay_secs",
+            Some(Autoscaling::DEFAULT_SCALE_DOWN_DELAY_SECS),
+            0,
+            Autoscaling::MAX_DELAY_SECS,
+            1,
+        )?,
+        scale_to_zero_after_secs: field(
+            "scale_to_zero_after_secs",
+            Some(Autoscaling::DEFAULT_SCALE_TO_ZERO_AFTER_SECS),
+            1,
+            Autoscaling::MAX_DELAY_SECS,
+            1,
+        )?,
+    };
+    if a.min_capacity > a.max_capacity {
+        return Err(ApiError::invalid(format!(
+            "Invalid autoscaling: min_capacity ({}) must not be larger than max_capacity ({}).",
+            a.min_capacity, a.max_capacity
+        )));
+    }
+    Ok(Some(a))
+}
+
+/// 400 when a capacity target is outside the autoscaling bounds.
+pub(crate) fn check_within(capacity: u32, a: &Autoscaling) -> Result<(), ApiError> {
+    if a.clamp(capacity) != capacity {
+        return Err(ApiError::invalid(format!(
+            "Invalid capacity ({capacity}): autoscaling keeps this deployment from min_capacity ({}) to max_capacity ({}); change the bounds with update, or turn autoscaling off with \"autoscaling\": null.",
+            a.min_capacity, a.max_capacity
+        )));
+    }
+    Ok(())
+}
+
+/// Capacity units a deployment holds against its workspace's quota: with autoscaling, what it
+/// may grow to.
+pub(crate) fn quota_units(capacity: u32, autoscaling: Option<&Autoscaling>) -> u32 {
+    autoscaling.map_or(capacity, |a| capacity.max(a.max_capacity))
+}
+
 pub(crate) fn object(d: &Deployment) -> DeploymentObject {
     DeploymentObject::from(d)
 }
@@ -279,6 +378,68 @@ mod tests {
             assert!(Page::parse(&q(no, size), 10).is_err(), "{no:?} {size:?}");
         }
         assert_eq!(Page { no: 3, size: 20 }.offset(), 40);
+    }
+
+    #[test]
+    fn autoscaling_from_json() {
+        use serde_json::json;
+        assert_eq!(parse_autoscaling(None, 1).unwrap(), None);
+        assert_eq!(parse_autoscaling(Some(&json!(null)), 1).unwrap(), None);
+        assert_eq!(
+            parse_autoscaling(Some(&json!({"max_capacity": 4.0})), 1).unwrap(),
+            Some(Autoscaling {
+                min_capacity: 0,
+                max_capacity: 4,
+                target_inflight_per_replica: 4,
+                scale_down_delay_secs: 60,
+                scale_to_zero_after_secs: 300,
+            })
+        );
+        let a = parse_autoscaling(
+            Some(
+                &json!({"min_capacity": 2, "max_capacity": 6, "target_inflight_per_replica": 1,
+                         "scale_down_delay_secs": 0, "scale_to_zero_after_secs": 1, "x": 1}),
+            ),
+            2,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (a.min_capacity, a.max_capacity, a.scale_down_delay_secs),
+            (2, 6, 0)
+        );
+        let table = [
+            (json!(3), 1, "Invalid autoscaling (3): it must be an object or null."),
+            (json!({}), 1, "Required parameter(autoscaling.max_capacity) missing or invalid, please check the request parameters."),
+            (json!({"max_capacity": 0}), 1, "Invalid autoscaling.max_capacity (0): it must be an integer from 1 to 999."),
+            (json!({"max_capacity": 1000}), 1, "Invalid autoscaling.max_capacity (1000): it must be an integer from 1 to 999."),
+            (json!({"max_capacity": 3}), 2, "Invalid autoscaling.max_capacity (3): it must be a multiple of 2 from 2 to 998."),
+            (json!({"max_capacity": "2"}), 1, "Invalid autoscaling.max_capacity (\"2\"): it must be an integer from 1 to 999."),
+            (json!({"max_capacity": 2, "min_capacity": -1}), 1, "Invalid autoscaling.min_capacity (-1): it must be an integer from 0 to 999."),
+            (json!({"max_capacity": 2, "min_capacity": 3}), 1, "Invalid autoscaling: min_capacity (3) must not be larger than max_capacity (2)."),
+            (json!({"max_capacity": 2, "target_inflight_per_replica": 0}), 1, "Invalid autoscaling.target_inflight_per_replica (0): it must be an integer from 1 to 1000."),
+            (json!({"max_capacity": 2, "target_inflight_per_replica": 1.5}), 1, "Invalid autoscaling.target_inflight_per_replica (1.5): it must be an integer from 1 to 1000."),
+            (json!({"max_capacity": 2, "scale_down_delay_secs": 86401}), 1, "Invalid autoscaling.scale_down_delay_secs (86401): it must be an integer from 0 to 86400."),
+            (json!({"max_capacity": 2, "scale_to_zero_after_secs": 0}), 1, "Invalid autoscaling.scale_to_zero_after_secs (0): it must be an integer from 1 to 86400."),
+            (json!({"max_capacity": 2, "scale_to_zero_after_secs": null}), 1, "Invalid autoscaling.scale_to_zero_after_secs (null): it must be an integer from 1 to 86400."),
+        ];
+        for (raw, base, want) in table {
+            assert_eq!(
+                parse_autoscaling(Some(&raw), base).unwrap_err().message,
+                want,
+                "{raw}"
+            );
+        }
+        let a = parse_autoscaling(Some(&json!({"min_capacity": 1, "max_capacity": 2})), 1)
+            .unwrap()
+            .unwrap();
+        assert!(check_within(1, &a).is_ok() && check_within(2, &a).is_ok());
+        assert!(check_within(0, &a)
+            .unwrap_err()
+            .message
+            .starts_with("Invalid capacity (0): autoscaling keeps this deployment from min_capacity (1) to max_capacity (2)"));
+        assert_eq!(quota_units(1, Some(&a)), 2);
+        assert_eq!(quota_units(1, None), 1);
     }
 
     #[test]

@@ -7,14 +7,17 @@ use berth_api::envelope::{ErrorBody, Success};
 use berth_core::Timestamp;
 use berth_store::DesiredChange;
 
-use super::{check_quota, load, object, parse_capacity, refuse_if_deleting};
+use super::{
+    check_quota, check_within, load, object, parse_capacity, quota_units, refuse_if_deleting,
+};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
-/// Sets a new capacity target; the latest target wins.
+/// Sets a new capacity target; the latest target wins. With autoscaling on, the target must
+/// be within its bounds; the autoscaler goes on from it.
 #[utoipa::path(put, path = "/api/v1/deployments/{deployed_model}/scale", tag = "deployments",
     params(("deployed_model" = String, Path, min_length = 1, max_length = 73, description = "The deployment's `deployed_model`.")), request_body = ScaleRequest,
     responses((status = 200, body = inline(Success<DeploymentObject>)), (status = 400, body = ErrorBody),
@@ -30,10 +33,15 @@ pub async fn scale(
     let current = load(&state, &caller, &name).await?;
     let capacity = parse_capacity(req.capacity.as_ref(), current.base_capacity)?;
     refuse_if_deleting(&current)?;
+    if let Some(a) = &current.autoscaling {
+        // Within the bounds it is the autoscaler's new starting point.
+        check_within(capacity.get(), a)?;
+    }
     let quota_held = state.quotas.lock.lock().await;
-    if capacity.get() > current.capacity {
+    let units = quota_units(capacity.get(), current.autoscaling.as_ref());
+    if units > quota_units(current.capacity, current.autoscaling.as_ref()) {
         // Scaling down is always allowed, even over a quota lowered since.
-        check_quota(&state, &caller, false, Some(&name), capacity.get()).await?;
+        check_quota(&state, &caller, false, Some(&name), units).await?;
     }
     let updated = state
         .store

@@ -4,8 +4,9 @@
 //!
 //! The first event is the current state, then one per change: `{"type": "deployment",
 //! "deployment": {...}}` whenever a visible field changes (status, capacity, ready capacity,
-//! limits, `status_message`, `fail_reason`), `{"type": "replica", "replica_id", "state",
-//! "reason"}` when a replica starts, becomes ready or unhealthy, exits or is stopped, and
+//! limits, `autoscaling`, `status_message`, `fail_reason`), `{"type": "replica", "replica_id",
+//! "state", "reason"}` when a replica starts, becomes ready or unhealthy, exits or is stopped,
+//! `{"type": "autoscale", ...}` with the signals of each autoscaler decision, and
 //! `{"type": "deleted", "deployed_model"}` when the deployment is gone, after which a
 //! deployment's stream ends. Each `data:` is one line of JSON; a comment keeps idle streams
 //! alive every 15 s. Scoped to the caller's workspace like every other route.
@@ -47,6 +48,21 @@ fn to_json(event: &Event) -> Value {
         Event::Removed { deployed_model, .. } => {
             json!({"type": "deleted", "deployed_model": deployed_model})
         }
+        Event::Autoscaled {
+            deployed_model,
+            from_capacity,
+            to_capacity,
+            direction,
+            reason,
+            in_flight,
+            queued,
+            stable_avg,
+            panic_avg,
+            ..
+        } => json!({"type": "autoscale", "deployed_model": deployed_model,
+                    "from_capacity": from_capacity, "to_capacity": to_capacity,
+                    "direction": direction, "reason": reason, "in_flight": in_flight,
+                    "queued": queued, "stable_avg": stable_avg, "panic_avg": panic_avg}),
     }
 }
 
