@@ -1,11 +1,12 @@
 //! berth's desired state: deployments, API keys and replica records, behind the [`Store`] trait.
 //!
-//! SQLite (the embedded default) lives in [`sqlite`]; every backend must pass the conformance
+//! SQLite (the embedded default) lives in [`sqlite`], PostgreSQL in [`postgres`]; every backend must pass the conformance
 //! suite in [`conformance`], which is written once and run against each of them.
 
 pub mod cached;
 pub mod conformance;
 pub mod metered;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use berth_core::{
 
 pub use cached::CachedStore;
 pub use metered::{Metered, StoreMetrics};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Errors a store can return.

@@ -45,7 +45,7 @@ macro_rules! deployment_columns {
 }
 
 /// Every status, so SQL can be generated from the domain's own rules.
-const ALL_STATUSES: [Status; 6] = [
+pub(crate) const ALL_STATUSES: [Status; 6] = [
     Status::Pending,
     Status::Updating,
     Status::Running,
@@ -664,7 +664,7 @@ fn limit_to_sql(limit: Option<u64>, name: &str) -> Result<Option<i64>> {
 }
 
 /// Paging bounds beyond `i64::MAX` mean "all of them".
-fn saturating_i64(value: u64) -> i64 {
+pub(crate) fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 

@@ -88,3 +88,21 @@ async fn metered_store_times_writes() {
     );
     assert!(!text.contains("get_deployment"), "{text}");
 }
+
+/// On PostgreSQL, a fresh database per test (see `postgres.rs`; skipped without a server).
+mod postgres {
+    berth_store::store_conformance!(optional crate::postgres::fixture(module_path!()));
+}
+
+/// As `berth serve --database-url postgres://...` runs it: the mirror over timed writes over
+/// PostgreSQL.
+mod cached_metered_postgres {
+    berth_store::store_conformance!(optional async {
+        let (store, db) = crate::postgres::fixture(module_path!()).await?;
+        let metered = berth_store::Metered::new(store, berth_store::StoreMetrics::default());
+        let cached = berth_store::CachedStore::new(metered)
+            .await
+            .expect("load the mirror");
+        Some((cached, db))
+    });
+}
