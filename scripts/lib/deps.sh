@@ -7,6 +7,8 @@
 #   BERTH_SETUP_LIBCLANG_DIRS  colon-separated directories searched for libclang (default: the
 #                              ones clang-sys searches on Debian)
 #   BERTH_SETUP_PYTHON         the Python interpreter to check (default: python3)
+#   BERTH_SETUP_PG_LIB         where Debian puts PostgreSQL's versions, each with bin/postgres
+#                              (default: /usr/lib/postgresql)
 
 PLAN=()
 
@@ -122,4 +124,107 @@ console_npm_stale() {
     local dir=tests/console
     [[ -f "$dir/node_modules/.berth-lock-sha256" ]] || return 0
     [[ "$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)" != "$(cat "$dir/node_modules/.berth-lock-sha256")" ]]
+}
+
+# PostgreSQL, for the store's tests on it (the conformance suite, the e2e test of
+# `--database-url`): Debian's server, one cluster running, and a role `berth` (password `berth`)
+# that may create databases. The tests connect to 127.0.0.1 on the cluster's port.
+PG_ROLE=berth
+PG_PASSWORD=berth
+
+pg_lib() { echo "${BERTH_SETUP_PG_LIB:-/usr/lib/postgresql}"; }
+
+# The newest installed server version (the directory name under pg_lib), or fails.
+pg_server_version() {
+    local bin v=""
+    for bin in "$(pg_lib)"/*/bin/postgres; do
+        [[ -x "$bin" ]] || continue
+        v=$(basename "$(dirname "$(dirname "$bin")")")
+    done
+    [[ -n "$v" ]] && echo "$v"
+}
+
+check_postgres() {
+    command -v pg_ctlcluster >/dev/null 2>&1 && command -v pg_lsclusters >/dev/null 2>&1 \
+        && command -v psql >/dev/null 2>&1 && pg_server_version >/dev/null \
+        || plan_add postgresql "the store's tests run on a PostgreSQL server, and pg_ctlcluster, psql or a server under $(pg_lib) is missing"
+}
+
+# The first cluster pg_lsclusters lists, as "VERSION NAME PORT STATUS", or nothing.
+pg_cluster() {
+    command -v pg_lsclusters >/dev/null 2>&1 || return 0
+    pg_lsclusters -h 2>/dev/null | awk 'NR == 1 { print $1, $2, $3, $4 }'
+}
+
+# The port of that cluster (5432 if there is none yet).
+postgres_port() {
+    local cluster
+    cluster=$(pg_cluster)
+    if [[ -n "$cluster" ]]; then awk '{ print $3 }' <<<"$cluster"; else echo 5432; fi
+}
+
+# Runs a command as the postgres OS user (from /, which it may read).
+as_postgres() {
+    if [[ $(id -u) -eq 0 ]]; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        (cd / && sudo -u postgres -- "$@")
+    fi
+}
+
+# Whether the tests' role can log in with its password and create databases, over TCP as the
+# tests do.
+pg_role_ready() {
+    local port
+    port=$(postgres_port)
+    [[ "$(PGPASSWORD=$PG_PASSWORD PGCONNECT_TIMEOUT=5 psql -X -qAt -h 127.0.0.1 -p "$port" \
+        -U "$PG_ROLE" -d postgres -c "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user" \
+        2>/dev/null)" == t ]]
+}
+
+# What PostgreSQL still needs on this machine, one line each (nothing when it is ready).
+postgres_actions() {
+    command -v pg_lsclusters >/dev/null 2>&1 || { echo "create and start a PostgreSQL cluster, then the role $PG_ROLE (after installing postgresql)"; return; }
+    local cluster
+    cluster=$(pg_cluster)
+    if [[ -z "$cluster" ]]; then
+        echo "create and start PostgreSQL cluster $(pg_server_version || echo '?')/main: pg_lsclusters lists none"
+    elif [[ "$(awk '{ print $4 }' <<<"$cluster")" != online* ]]; then
+        echo "start PostgreSQL cluster $(awk '{ print $1 "/" $2 " (port " $3 ")" }' <<<"$cluster"): it is $(awk '{ print $4 }' <<<"$cluster")"
+    fi
+    if [[ -z "$cluster" ]] || [[ "$(awk '{ print $4 }' <<<"$cluster")" != online* ]] || ! pg_role_ready; then
+        echo "make PostgreSQL role $PG_ROLE (password $PG_PASSWORD, may create databases) if it cannot log in and create databases"
+    fi
+}
+
+# Starts (creating it if there is none) the cluster and makes the role; a second run changes
+# nothing.
+ensure_postgres() {
+    local cluster version name status
+    cluster=$(pg_cluster)
+    if [[ -z "$cluster" ]]; then
+        version=$(pg_server_version)
+        echo "setup: creating PostgreSQL cluster $version/main" >&2
+        pg_createcluster "$version" main >/dev/null
+        cluster=$(pg_cluster)
+    fi
+    read -r version name _ status <<<"$cluster"
+    if [[ "$status" != online* ]]; then
+        echo "setup: starting PostgreSQL cluster $version/$name" >&2
+        pg_ctlcluster "$version" "$name" start
+    fi
+    if ! pg_role_ready; then
+        echo "setup: making PostgreSQL role $PG_ROLE" >&2
+        as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$(postgres_port)" -d postgres <<SQL
+DO \$\$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
+        CREATE ROLE $PG_ROLE;
+    END IF;
+END
+\$\$;
+ALTER ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+SQL
+        pg_role_ready || { echo "setup: error: role $PG_ROLE still cannot log in on 127.0.0.1:$(postgres_port)" >&2; return 1; }
+    fi
 }

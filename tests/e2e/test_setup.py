@@ -63,3 +63,18 @@ def test_console_browser_and_node_are_planned_when_missing(tmp_path):
     out = subprocess.run([str(ROOT / "scripts" / "setup"), "--plan", "--no-python"], env=env, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     assert "chromium" not in out and "nodejs" not in out, out
+
+
+def test_postgresql_is_planned_when_its_server_is_missing(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "libclang.so").write_bytes(b"")
+    # A version directory without its server binary is not a server.
+    (tmp_path / "pg" / "15" / "bin").mkdir(parents=True)
+    env = dict(os.environ, BERTH_SETUP_LIBCLANG_DIRS=str(lib), BERTH_SETUP_PG_LIB=str(tmp_path / "pg"))
+    out = subprocess.run([str(ROOT / "scripts" / "setup"), "--plan"], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "install postgresql: the store's tests run on a PostgreSQL server" in out, out
+    out = subprocess.run([str(ROOT / "scripts" / "setup"), "--plan", "--no-python"], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "postgresql" not in out.lower(), out
