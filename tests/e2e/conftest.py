@@ -116,14 +116,16 @@ class BerthServer:
     """A running `berth serve` with its own data dir, port and bootstrap key."""
 
     def __init__(self, config: str | None = None, env: dict | None = None, models_dir: str = MODELS_DIR,
-                 data_dir: str | None = None, key: str | None = None, fd_limit: int | None = None):
+                 data_dir: str | None = None, key: str | None = None, fd_limit: int | None = None,
+                 args: list[str] | None = None):
         self.dir = tempfile.TemporaryDirectory(prefix="berth-e2e-")
         self.data_dir = data_dir or str(Path(self.dir.name) / "data")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.key = key or "sk-e2e-" + os.urandom(12).hex()
+        extra_args = args or []
         args = [BERTH_BIN, "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--data-dir", self.data_dir, "--models-dir", models_dir]
+                "--data-dir", self.data_dir, "--models-dir", models_dir, *extra_args]
         if config is not None:
             path = Path(self.dir.name) / "berth.toml"
             path.write_text(config)

@@ -19,8 +19,12 @@ pub struct Config {
     /// Address of the admin listener (`/metrics`, `/livez`, `/readyz`); off when unset. It shows
     /// every workspace's deployment names, so keep it on loopback or a private network.
     pub admin_listen: Option<SocketAddr>,
-    /// Where the database lives.
+    /// Where the embedded database (when `database_url` is unset), the replicas' logs and the
+    /// directory lock live.
     pub data_dir: PathBuf,
+    /// The PostgreSQL database to keep the desired state in (`postgres://` or `postgresql://`);
+    /// unset: the embedded SQLite database under `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
     /// Where the default catalog looks for weights files.
     pub models_dir: PathBuf,
     /// If set, this API key is made sure to exist in workspace `default` at start-up.
@@ -234,6 +238,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
             data_dir: PathBuf::from("./berth-data"),
+            database_url: None,
             models_dir: PathBuf::from("./models"),
             bootstrap_key: None,
             node: NodeConfig::default(),
@@ -306,7 +311,48 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<DatabaseUrl>,
     pub models_dir: Option<PathBuf>,
+}
+
+/// A database URL. It may carry a password, so it is shown (`Debug`, [`Self::redacted`]) with
+/// the password replaced by `***`; only [`Self::expose`] gives the whole of it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL itself, password included: for connecting, never for showing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password hidden, for logs and messages.
+    pub fn redacted(&self) -> String {
+        berth_store::postgres::redacted_url(&self.0)
+    }
+
+    /// Whether it names a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        berth_store::postgres::is_postgres_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({:?})", self.redacted())
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
 }
 
 /// A loaded configuration and what start-up should warn about.
@@ -323,6 +369,7 @@ pub const ENV_SETTINGS: &[&str] = &[
     "BERTH_LISTEN",
     "BERTH_ADMIN_LISTEN",
     "BERTH_DATA_DIR",
+    "BERTH_DATABASE_URL",
     "BERTH_MODELS_DIR",
     "BERTH_BOOTSTRAP_KEY",
     "BERTH_NODE_CAPACITY_UNITS",
@@ -444,6 +491,9 @@ impl Config {
         if let Some(v) = &overrides.data_dir {
             config.data_dir = v.clone();
         }
+        if let Some(v) = &overrides.database_url {
+            config.database_url = Some(v.clone());
+        }
         if let Some(v) = &overrides.models_dir {
             config.models_dir = v.clone();
         }
@@ -474,6 +524,13 @@ impl Config {
                 }
             }
             "BERTH_DATA_DIR" => self.data_dir = PathBuf::from(value),
+            // Empty: the embedded SQLite database, as when unset.
+            "BERTH_DATABASE_URL" => {
+                self.database_url = match value.trim() {
+                    "" => None,
+                    v => Some(DatabaseUrl::new(v)),
+                }
+            }
             "BERTH_MODELS_DIR" => self.models_dir = PathBuf::from(value),
             "BERTH_BOOTSTRAP_KEY" => self.bootstrap_key = Some(value.to_owned()),
             "BERTH_NODE_CAPACITY_UNITS" => self.node.capacity_units = num(value)?,
@@ -513,6 +570,14 @@ impl Config {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Some(url) = self.database_url.as_ref().filter(|u| !u.is_postgres()) {
+            // Not shown whole: it may carry a password.
+            p.push(format!(
+                "database_url: {} is not a postgres:// or postgresql:// URL (leave it unset for \
+                 the embedded SQLite database under data_dir)",
+                url.redacted()
+            ));
+        }
         if self.admin_listen == Some(self.listen) && self.listen.port() != 0 {
             p.push(format!(
                 "admin_listen: {} is the API's address; the admin listener needs its own",
@@ -648,7 +713,7 @@ impl Config {
         p
     }
 
-    /// The database file.
+    /// The embedded database file (used when `database_url` is unset).
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("berth.db")
     }
@@ -805,6 +870,39 @@ mod tests {
             loaded.config.node.capacity_units, 8,
             "a misspelling is not applied"
         );
+    }
+
+    #[test]
+    fn database_url_layers_and_is_checked_without_showing_its_password() {
+        let env = |v: &str| vec![("BERTH_DATABASE_URL".to_owned(), v.to_owned())];
+        let none = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert!(none.config.database_url.is_none(), "unset: SQLite");
+        let empty = Config::load(None, env(""), &Overrides::default()).unwrap();
+        assert!(empty.config.database_url.is_none(), "empty: SQLite");
+        let from_env = Config::load(None, env("postgres://u:pw@db/berth"), &Overrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(
+            from_env.database_url,
+            Some(DatabaseUrl::new("postgres://u:pw@db/berth"))
+        );
+        let flag = Overrides {
+            database_url: Some(DatabaseUrl::new("postgresql://flag/berth")),
+            ..Overrides::default()
+        };
+        let from_flag = Config::load(None, env("postgres://u:pw@db/berth"), &flag).unwrap();
+        assert_eq!(
+            from_flag.config.database_url.unwrap().expose(),
+            "postgresql://flag/berth"
+        );
+        assert!(!format!("{from_env:?}").contains("pw"), "Debug hides it");
+
+        let err = Config::load(None, env("mysql://u:s3cret@db/x"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database_url"), "{err}");
+        assert!(err.contains("mysql://u:***@db/x"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -27,10 +27,12 @@ use async_trait::async_trait;
 use berth_control::{Reconciler, ReconcilerSettings};
 use berth_core::ReplicaRecord;
 use berth_runtime::{JournalError, LocalRuntime, LocalRuntimeConfig, ReplicaJournal};
-use berth_store::{CachedStore, Metered, SqliteStore, Store, StoreMetrics};
+use berth_store::{CachedStore, Metered, PostgresStore, SqliteStore, Store, StoreMetrics};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+use crate::config::DatabaseUrl;
 
 use crate::auth::KeyRing;
 use crate::state::{AppInner, AppState};
@@ -38,9 +40,10 @@ use crate::state::{AppInner, AppState};
 /// Errors that stop `berth serve`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the store at {path}: {source}")]
+    /// `location` is the SQLite file, or the database URL with its password hidden.
+    #[error("cannot open the store at {location}: {source}")]
     Store {
-        path: PathBuf,
+        location: String,
         source: berth_store::StoreError,
     },
     #[error("cannot listen on {addr}: {source}")]
@@ -85,30 +88,61 @@ impl ReplicaJournal for StoreJournal {
     }
 }
 
-/// Opens the SQLite store under the data dir (what `berth keys` uses).
+/// Opens the configured store (what `berth keys` uses): PostgreSQL when `database_url` is set,
+/// else the SQLite database under the data dir.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
-    Ok(Arc::new(open_sqlite(config).await?))
+    Ok(match &config.database_url {
+        Some(url) => Arc::new(open_postgres(url).await?),
+        None => Arc::new(open_sqlite(config).await?),
+    })
 }
 
 async fn open_sqlite(config: &Config) -> Result<SqliteStore, ServeError> {
     let path = config.database_path();
     SqliteStore::open(&path)
         .await
-        .map_err(|source| ServeError::Store { path, source })
+        .map_err(|source| ServeError::Store {
+            location: path.display().to_string(),
+            source,
+        })
 }
 
-/// The store `berth serve` runs on: SQLite with deployments mirrored in memory, so reads of the
-/// API and the reconciler's passes never wait on SQL (this process is their only writer); its
-/// writes are timed into `metrics`.
+async fn open_postgres(url: &DatabaseUrl) -> Result<PostgresStore, ServeError> {
+    let store = PostgresStore::connect(url.expose())
+        .await
+        .map_err(|source| ServeError::Store {
+            location: url.redacted(),
+            source,
+        })?;
+    tracing::info!(database = %url.redacted(), "store: PostgreSQL");
+    Ok(store)
+}
+
+/// The store `berth serve` runs on: the configured one with deployments mirrored in memory, so
+/// reads of the API and the reconciler's passes never wait on SQL (this process is their only
+/// writer: several instances on one PostgreSQL database are not supported yet); its writes are
+/// timed into `metrics`.
 async fn open_serving_store(
     config: &Config,
     metrics: &StoreMetrics,
 ) -> Result<Arc<dyn Store>, ServeError> {
-    let path = config.database_path();
-    let metered = Metered::new(open_sqlite(config).await?, metrics.clone());
-    let cached = CachedStore::new(metered)
+    match &config.database_url {
+        Some(url) => mirrored(open_postgres(url).await?, metrics, url.redacted()).await,
+        None => {
+            let location = config.database_path().display().to_string();
+            mirrored(open_sqlite(config).await?, metrics, location).await
+        }
+    }
+}
+
+async fn mirrored<S: Store>(
+    store: S,
+    metrics: &StoreMetrics,
+    location: String,
+) -> Result<Arc<dyn Store>, ServeError> {
+    let cached = CachedStore::new(Metered::new(store, metrics.clone()))
         .await
-        .map_err(|source| ServeError::Store { path, source })?;
+        .map_err(|source| ServeError::Store { location, source })?;
     Ok(Arc::new(cached))
 }
 

@@ -55,6 +55,10 @@ pub struct ConfigArgs {
     /// Directory of berth's database (default ./berth-data).
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL database to keep the state in (postgres://USER:PASSWORD@HOST:PORT/DB);
+    /// default: the embedded SQLite database under --data-dir.
+    #[arg(long, value_name = "URL", global = true)]
+    pub database_url: Option<berth_server::config::DatabaseUrl>,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +80,7 @@ struct ServeArgs {
 pub fn load_config(args: &ConfigArgs, overrides: Overrides) -> anyhow::Result<Config> {
     let overrides = Overrides {
         data_dir: args.data_dir.clone(),
+        database_url: args.database_url.clone(),
         ..overrides
     };
     let loaded = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
