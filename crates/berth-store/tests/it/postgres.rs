@@ -223,3 +223,71 @@ async fn a_limit_a_bigint_cannot_hold_is_refused_not_wrapped() {
         1
     );
 }
+
+/// The SQLite store's latency benchmark (`sqlite::latency_of_list_and_get_with_10k_deployments`)
+/// on PostgreSQL, the same rows and the same targets, without the in-memory mirror: every read
+/// is a statement on the server. Run on demand, in release:
+/// `BERTH_TEST_POSTGRES_URL=... cargo test -p berth-store --release -- --ignored --nocapture latency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run in release on demand"]
+async fn latency_of_list_and_get_with_10k_deployments_on_postgres() {
+    use std::time::Duration;
+
+    use berth_core::Timestamp;
+    use berth_store::conformance::{sample, T0, WS_A};
+
+    use crate::sqlite::time;
+
+    let Some((store, _db)) =
+        fixture("latency_of_list_and_get_with_10k_deployments_on_postgres").await
+    else {
+        return;
+    };
+    for i in 0..10_000 {
+        let mut new = sample(WS_A, &format!("m{i:05}"), Timestamp(T0.0 + i as i64));
+        new.name = Some(format!("deployment number {i}"));
+        new.rpm_limit = Some(600);
+        store.create_deployment(new).await.unwrap();
+        if i % 10 == 0 {
+            store
+                .create_deployment(sample("ws-other", &format!("o{i:05}"), T0))
+                .await
+                .unwrap();
+        }
+    }
+    sqlx::query("ANALYZE deployments")
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let (p50, p99) = time(200, |_| async {
+        store.list_deployments(WS_A, 0, 200).await.unwrap()
+    })
+    .await;
+    println!("list first page of 200: p50 {p50:?} p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(20), "first page p99 {p99:?}");
+
+    let (p50, p99) = time(200, |i| {
+        let store = &store;
+        async move {
+            store
+                .list_deployments(WS_A, (i as u64 * 200) % 10_000, 200)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    println!("list any page of 200: p50 {p50:?} p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(20), "any page p99 {p99:?}");
+
+    let (p50, p99) = time(1_000, |i| {
+        let store = &store;
+        async move {
+            let name = format!("m{:05}", (i * 7) % 10_000);
+            store.get_deployment(WS_A, &name).await.unwrap().unwrap()
+        }
+    })
+    .await;
+    println!("get: p50 {p50:?} p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(5), "get p99 {p99:?}");
+}

@@ -151,7 +151,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-async fn time<F: std::future::Future>(
+pub(crate) async fn time<F: std::future::Future>(
     runs: usize,
     mut f: impl FnMut(usize) -> F,
 ) -> (Duration, Duration) {
