@@ -7,6 +7,7 @@ pub mod cached;
 pub mod conformance;
 pub mod metered;
 pub mod postgres;
+mod sql_impl;
 pub mod sqlite;
 
 use async_trait::async_trait;

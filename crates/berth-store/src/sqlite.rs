@@ -257,286 +257,41 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment> {
-        let sql = concat!(
-            "INSERT INTO deployments (workspace_id, deployed_model, model_name, base_model, ",
-            "name, plan, model_unit_spec, status, capacity, base_capacity, ready_capacity, ",
-            "max_context_length, enable_thinking, rpm_limit, tpm_limit, creator, modifier, ",
-            "gmt_create, gmt_modified, generation, autoscale_min_capacity, ",
-            "autoscale_max_capacity, autoscale_target_inflight, autoscale_down_delay_secs, ",
-            "autoscale_zero_after_secs) ",
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15, ?15, ",
-            "?16, ?16, 1, ?17, ?18, ?19, ?20, ?21) RETURNING ",
-            deployment_columns!()
-        );
-        let inserted = sqlx::query(sql)
-            .bind(&new.workspace_id)
-            .bind(&new.deployed_model)
-            .bind(&new.model_name)
-            .bind(&new.base_model)
-            .bind(&new.name)
-            .bind(&new.plan)
-            .bind(&new.model_unit_spec)
-            .bind(Status::Pending.as_str())
-            .bind(i64::from(new.capacity.get()))
-            .bind(i64::from(new.base_capacity))
-            .bind(new.max_context_length.map(i64::from))
-            .bind(new.enable_thinking)
-            .bind(limit_to_sql(new.rpm_limit, "rpm_limit")?)
-            .bind(limit_to_sql(new.tpm_limit, "tpm_limit")?)
-            .bind(&new.creator)
-            .bind(new.now.millis());
-        let inserted = bind_autoscaling(inserted, new.autoscaling.as_ref())
-            .fetch_one(&self.pool)
-            .await;
-        match inserted {
-            Ok(row) => deployment_from_row(&row),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict(new.deployed_model))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn get_deployment(
-        &self,
-        workspace_id: &str,
-        deployed_model: &str,
-    ) -> Result<Option<Deployment>> {
-        let row = sqlx::query(GET_SQL)
-            .bind(workspace_id)
-            .bind(deployed_model)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(deployment_from_row).transpose()
-    }
-
-    async fn list_deployments(
-        &self,
-        workspace_id: &str,
-        offset: u64,
-        limit: u64,
-    ) -> Result<(Vec<Deployment>, u64)> {
-        let rows = sqlx::query(LIST_PAGE_SQL)
-            .bind(workspace_id)
-            .bind(saturating_i64(limit))
-            .bind(saturating_i64(offset))
-            .fetch_all(&self.pool)
-            .await?;
-        let total: i64 = match rows.first() {
-            Some(row) => column(row, "total")?,
-            // A page past the end carries no rows to read the total from.
-            None => {
-                sqlx::query_scalar(COUNT_SQL)
-                    .bind(workspace_id)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-        };
-        let page = rows
-            .iter()
-            .map(deployment_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let total = u64::try_from(total)
-            .map_err(|_| StoreError::Corrupt(format!("negative count {total}")))?;
-        Ok((page, total))
-    }
-
-    async fn all_deployments(&self) -> Result<Vec<Deployment>> {
-        let sql = concat!(
-            "SELECT ",
-            deployment_columns!(),
-            " FROM deployments ORDER BY seq"
-        );
-        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
-        rows.iter().map(deployment_from_row).collect()
-    }
-
-    async fn change_deployment(
-        &self,
-        workspace_id: &str,
-        deployed_model: &str,
-        change: DesiredChange,
-        modifier: &str,
-        now: Timestamp,
-    ) -> Result<Option<Deployment>> {
-        let refused_when_deleting = !matches!(change, DesiredChange::Delete);
-        let query = match change {
-            DesiredChange::Scale { capacity } => sqlx::query(SCALE_SQL.as_str())
-                .bind(i64::from(capacity))
-                .bind(modifier)
-                .bind(now.millis()),
-            DesiredChange::Limits {
-                rpm_limit,
-                tpm_limit,
-                autoscaling,
-            } => {
-                let q = sqlx::query(LIMITS_SQL.as_str())
-                    .bind(limit_to_sql(rpm_limit, "rpm_limit")?)
-                    .bind(limit_to_sql(tpm_limit, "tpm_limit")?)
-                    .bind(modifier)
-                    .bind(now.millis())
-                    .bind(workspace_id)
-                    .bind(deployed_model)
-                    .bind(autoscaling.is_some());
-                let row = bind_autoscaling(q, autoscaling.flatten().as_ref())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                return self
-                    .changed_or_refused(workspace_id, deployed_model, row, true)
-                    .await;
-            }
-            DesiredChange::Delete => sqlx::query(DELETE_SQL).bind(modifier).bind(now.millis()),
-        };
-        let row = query
-            .bind(workspace_id)
-            .bind(deployed_model)
-            .fetch_optional(&self.pool)
-            .await?;
-        self.changed_or_refused(workspace_id, deployed_model, row, refused_when_deleting)
-            .await
-    }
-
-    async fn set_autoscaled_capacity(
-        &self,
-        workspace_id: &str,
-        deployed_model: &str,
-        generation: i64,
-        capacity: u32,
-    ) -> Result<Option<Deployment>> {
-        let row = sqlx::query(AUTOSCALED_SQL)
-            .bind(i64::from(capacity))
-            .bind(Timestamp::now().millis())
-            .bind(workspace_id)
-            .bind(deployed_model)
-            .bind(generation)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(deployment_from_row).transpose()
-    }
-
-    async fn record_status(
-        &self,
-        workspace_id: &str,
-        deployed_model: &str,
-        observed: &ObservedStatus,
-    ) -> Result<bool> {
-        let done = sqlx::query(RECORD_STATUS_SQL)
-            .bind(observed.generation)
-            .bind(observed.status.as_str())
-            .bind(i64::from(observed.ready_capacity))
-            .bind(&observed.fail_reason)
-            .bind(&observed.status_message)
-            .bind(Timestamp::now().millis())
-            .bind(workspace_id)
-            .bind(deployed_model)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn remove_deployment(
-        &self,
-        workspace_id: &str,
-        deployed_model: &str,
-        generation: i64,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2 \
-             AND status = 'DELETING' AND generation = ?3",
-        )
-        .bind(workspace_id)
-        .bind(deployed_model)
-        .bind(generation)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (id, workspace_id, hash, created, revoked) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .bind(&key.id)
-            .bind(&key.workspace_id)
-            .bind(&key.hash[..])
-            .bind(key.created.millis())
-            .bind(key.revoked)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKeyRecord>> {
-        let row = sqlx::query(
-            "SELECT id, workspace_id, hash, created, revoked FROM api_keys WHERE hash = ?1 AND revoked = 0",
-        )
-        .bind(&hash[..])
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(api_key_from_row).transpose()
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        // rowid breaks ties between keys created in the same millisecond: insertion order.
-        let rows = sqlx::query(
-            "SELECT id, workspace_id, hash, created, revoked FROM api_keys ORDER BY created, rowid",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(api_key_from_row).collect()
-    }
-
-    async fn revoke_api_key(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn put_replica(&self, replica: &ReplicaRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO replicas \
+// The statements of the methods not above; the methods themselves are shared with the other
+// SQL backend (`crate::sql_impl`).
+const INSERT_DEPLOYMENT_SQL: &str = concat!(
+    "INSERT INTO deployments (workspace_id, deployed_model, model_name, base_model, ",
+    "name, plan, model_unit_spec, status, capacity, base_capacity, ready_capacity, ",
+    "max_context_length, enable_thinking, rpm_limit, tpm_limit, creator, modifier, ",
+    "gmt_create, gmt_modified, generation, autoscale_min_capacity, ",
+    "autoscale_max_capacity, autoscale_target_inflight, autoscale_down_delay_secs, ",
+    "autoscale_zero_after_secs) ",
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15, ?15, ",
+    "?16, ?16, 1, ?17, ?18, ?19, ?20, ?21) RETURNING ",
+    deployment_columns!()
+);
+const REMOVE_DEPLOYMENT_SQL: &str =
+    "DELETE FROM deployments WHERE workspace_id = ?1 AND deployed_model = ?2 \
+             AND status = 'DELETING' AND generation = ?3";
+const INSERT_KEY_SQL: &str =
+    "INSERT INTO api_keys (id, workspace_id, hash, created, revoked) VALUES (?1, ?2, ?3, ?4, ?5)";
+const FIND_KEY_SQL: &str =
+    "SELECT id, workspace_id, hash, created, revoked FROM api_keys WHERE hash = ?1 AND revoked = 0";
+const LIST_KEYS_SQL: &str =
+    "SELECT id, workspace_id, hash, created, revoked FROM api_keys ORDER BY created, rowid";
+const REVOKE_KEY_SQL: &str = "UPDATE api_keys SET revoked = 1 WHERE id = ?1";
+const PUT_REPLICA_SQL: &str = "INSERT INTO replicas \
              (id, workspace_id, deployed_model, pid, port, started_at, secret, proc_start) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET \
              workspace_id = excluded.workspace_id, deployed_model = excluded.deployed_model, \
              pid = excluded.pid, port = excluded.port, started_at = excluded.started_at, \
-             secret = excluded.secret, proc_start = excluded.proc_start",
-        )
-        .bind(&replica.id)
-        .bind(&replica.workspace_id)
-        .bind(&replica.deployed_model)
-        .bind(i64::from(replica.pid))
-        .bind(i64::from(replica.port))
-        .bind(replica.started_at.millis())
-        .bind(&replica.secret)
-        .bind(i64::try_from(replica.proc_start).map_err(|_| {
-            StoreError::Corrupt(format!("proc_start {} out of range", replica.proc_start))
-        })?)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
+             secret = excluded.secret, proc_start = excluded.proc_start";
+const REMOVE_REPLICA_SQL: &str = "DELETE FROM replicas WHERE id = ?1";
+const LIST_REPLICAS_SQL: &str =
+    "SELECT id, workspace_id, deployed_model, pid, port, started_at, secret, proc_start \
+             FROM replicas ORDER BY started_at, id";
 
-    async fn remove_replica(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM replicas WHERE id = ?1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, workspace_id, deployed_model, pid, port, started_at, secret, proc_start \
-             FROM replicas ORDER BY started_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(replica_from_row).collect()
-    }
-}
+crate::sql_impl::sql_store_impl!(SqliteStore);
 
 fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
     let status: String = column(row, "status")?;
